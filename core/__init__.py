@@ -1,0 +1,1 @@
+"""vae-zoo core: the VAE, its objectives, data, training loop and serialisation. Imports neither Ray nor MLflow."""

@@ -1,0 +1,170 @@
+"""Typed run configuration that round-trips to YAML/JSON and fails early, naming the field.
+
+A config has four sections: `model` (shared architecture), `variant` (the options of the chosen
+variant, validated by that variant's own options class), `data` and `train`. Everything a run
+needs is here, so a config file plus a seed reproduces it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the field."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos, not extensions: reject them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    architecture: Literal["mlp", "conv"] = "mlp"
+    latent_dim: int = Field(20, ge=1, le=4096)
+    hidden_dims: list[int] = Field(default_factory=lambda: [400])
+    conv_channels: list[int] = Field(default_factory=lambda: [32, 64])
+    activation: Literal["relu", "tanh", "elu", "gelu"] = "relu"
+    likelihood: Literal["bernoulli", "gaussian", "gaussian_fixed"] = "bernoulli"
+    # Standard deviation of the fixed-variance Gaussian (sigma=1 makes the loss 0.5*MSE + const).
+    fixed_sigma: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _positive_sizes(self) -> "ModelConfig":
+        for name in ("hidden_dims", "conv_channels"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise ValueError(f"{name} must hold positive integers")
+        if self.architecture == "conv" and not self.conv_channels:
+            raise ValueError("conv_channels must not be empty for the conv architecture")
+        return self
+
+
+class DataConfig(_Section):
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    binarize: Literal["dynamic", "static", "none"] = "dynamic"
+    # Take only the first N training examples (quick runs, tests); None keeps them all.
+    train_limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 0
+    # Per-epoch evaluation: importance samples and how many test images the NLL uses.
+    eval_nll_samples: int = Field(100, ge=1)
+    eval_nll_examples: int = Field(1000, ge=1)
+    eval_batch_size: int = Field(500, ge=1)
+    progress: bool = True
+
+
+class RunConfig(_Section):
+    variant_name: str = Field("vae", alias="variant_name")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    variant: dict[str, Any] = Field(default_factory=dict)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _validate_variant_options(self) -> "RunConfig":
+        # The variant's own options class validates its section and fills defaults.
+        from core.registry import get_variant
+
+        try:
+            cls = get_variant(self.variant_name)
+        except KeyError as err:
+            raise ValueError(f"variant_name: {err.args[0]}") from None
+        try:
+            options = cls.Options.model_validate(self.variant)
+        except ValidationError as err:
+            # Re-root the variant's own errors under "variant." so the message names the field.
+            raise ValueError(format_validation_error(err, prefix="variant.", header=False)) from None
+        object.__setattr__(self, "variant", options.model_dump(mode="json"))
+        return self
+
+    def variant_options(self):
+        from core.registry import get_variant
+
+        return get_variant(self.variant_name).Options.model_validate(self.variant)
+
+    # -- round trip ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err)) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        try:
+            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        return cls.from_dict(raw)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+        """Apply dotted-key overrides such as {"train.epochs": 3, "variant.k": 5}."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            parts = key.split(".")
+            node = raw
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"{key}: unknown config section {part!r}")
+                node = node[part]
+            if parts[0] != "variant" and len(parts) > 1 and parts[-1] not in node:
+                raise ConfigError(f"{key}: unknown field")
+            node[parts[-1]] = value
+        return RunConfig.from_dict(raw)
+
+
+def format_validation_error(err: ValidationError, prefix: str = "", header: bool = True) -> str:
+    lines = []
+    for e in err.errors():
+        if e["type"] == "value_error" and not e["loc"]:
+            lines.append(prefix + str(e["ctx"]["error"]))  # already names its field
+            continue
+        where = prefix + ".".join(str(p) for p in e["loc"])
+        got = e.get("input")
+        got_text = "" if isinstance(got, (dict, type(None))) else f" (got {got!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}{got_text}")
+    return ("invalid config: " if header else "") + "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `key=value` from the command line; the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed

@@ -1,0 +1,248 @@
+"""Image datasets: IDX files (gz or plain), torchvision by name, binarisation, labelled subsets.
+
+Datasets are held as uint8 tensors (N, C, H, W): Fashion-MNIST is 47 MB that way, so every
+worker keeps its copy in memory and batches are plain index lookups, with no loader processes.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.networks import DataShape
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message names the file or dataset."""
+
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/): all multi-byte types are big-endian.
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Where Debian's dataset packages put the IDX files (`apt-get install dataset-fashion-mnist`).
+SYSTEM_LOCATIONS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+_TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file, gzip-compressed or not (told by its first bytes, not its name)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise DataError(f"{path}: corrupt gzip data ({err})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    if ndim == 0:
+        raise DataError(f"{path}: IDX file declares zero dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    actual = len(raw) - header
+    if actual != expected:
+        kind = "truncated" if actual < expected else "has trailing bytes"
+        raise DataError(f"{path}: IDX file {kind}: dimensions {dims} need {expected} data bytes, found {actual}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
+    """Write an IDX file (gzip when the name ends in .gz); tests and tools use it to make data."""
+    path = Path(path)
+    codes = {np.dtype(v).newbyteorder(">") if np.dtype(v).itemsize > 1 else np.dtype(v): k for k, v in _IDX_DTYPES.items()}
+    dtype = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
+    if dtype not in codes:
+        raise DataError(f"cannot write dtype {array.dtype} to IDX")
+    body = bytes([0, 0, codes[dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    body += np.ascontiguousarray(array, dtype=dtype).tobytes()
+    compress = path.suffix == ".gz" if compress is None else compress
+    path.write_bytes(gzip.compress(body, compresslevel=1) if compress else body)
+
+
+@dataclass
+class ImageDataset:
+    images: torch.Tensor          # (N, C, H, W) uint8
+    labels: torch.Tensor | None   # (N,) int64
+    num_classes: int
+    name: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> DataShape:
+        return DataShape(*self.images.shape[1:])
+
+    def take(self, limit: int | None) -> "ImageDataset":
+        if limit is None or limit >= len(self):
+            return self
+        labels = None if self.labels is None else self.labels[:limit]
+        return ImageDataset(self.images[:limit], labels, self.num_classes, self.name)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _images_to_nchw(array: np.ndarray, path: Path) -> torch.Tensor:
+    if array.dtype != np.uint8:
+        raise DataError(f"{path}: image IDX files must hold uint8 pixels, found {array.dtype}")
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4 and array.shape[-1] in (1, 3, 4):
+        array = array.transpose(0, 3, 1, 2)  # (N, H, W, C) as IDX writers usually store colour
+    elif array.ndim != 4:
+        raise DataError(f"{path}: images must have 3 or 4 dimensions, found shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def load_idx_split(directory: str | os.PathLike, split: str, name: str | None = None) -> ImageDataset:
+    """Load one split from a folder in the MNIST layout (train-images-idx3-ubyte[.gz], ...)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: data folder does not exist")
+    image_stem, label_stem = SPLIT_FILES[split]
+    image_path = _find(directory, image_stem)
+    if image_path is None:
+        raise DataError(f"{directory}: no {image_stem}[.gz] for the {split} split")
+    images = _images_to_nchw(read_idx(image_path), image_path)
+    labels, num_classes = None, 0
+    label_path = _find(directory, label_stem)
+    if label_path is not None:
+        raw = read_idx(label_path)
+        if raw.ndim != 1 or raw.shape[0] != images.shape[0]:
+            raise DataError(f"{label_path}: {raw.shape[0] if raw.ndim else 0} labels for {images.shape[0]} images")
+        labels = torch.from_numpy(raw.astype(np.int64))
+        if labels.numel() and labels.min() < 0:
+            raise DataError(f"{label_path}: negative label {int(labels.min())}")
+        num_classes = int(labels.max()) + 1 if labels.numel() else 0
+    return ImageDataset(images, labels, num_classes, name or directory.name)
+
+
+def _load_torchvision(name: str, split: str, root: Path) -> ImageDataset:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, _TORCHVISION[name])
+    try:
+        ds = cls(str(root), train=(split == "train"), download=True)
+    except Exception as err:  # network errors come in many types
+        raise DataError(f"{name}: not found locally and could not be downloaded ({err}); "
+                        f"pass --data-dir with its IDX files") from None
+    data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+    images = _images_to_nchw(data, root)
+    labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    return ImageDataset(images, labels, len(ds.classes), name)
+
+
+def load_split(dataset: str, split: str, data_dir: str | None = None) -> ImageDataset:
+    """A split of a dataset given by name or path.
+
+    Order of search: `dataset` as a folder of IDX files; `data_dir` holding IDX files; the Debian
+    package's folder for Fashion-MNIST; torchvision (downloads into ~/.cache/vae-zoo).
+    """
+    if split not in SPLIT_FILES:
+        raise DataError(f"unknown split {split!r} (train or test)")
+    if os.sep in dataset or Path(dataset).is_dir():
+        return load_idx_split(dataset, split)
+    key = dataset.lower()
+    if data_dir is not None:
+        return load_idx_split(data_dir, split, name=key)
+    system = SYSTEM_LOCATIONS.get(key)
+    if system and Path(system).is_dir():
+        return load_idx_split(system, split, name=key)
+    if key in _TORCHVISION:
+        return _load_torchvision(key, split, Path.home() / ".cache" / "vae-zoo" / key)
+    known = ", ".join(sorted(set(_TORCHVISION) | set(SYSTEM_LOCATIONS)))
+    raise DataError(f"unknown dataset {dataset!r}: give a folder of IDX files or one of {known}")
+
+
+# -- binarisation -------------------------------------------------------------------------------
+
+def static_binarize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """One fixed Bernoulli draw per pixel (uint8 0/255), the same for every run with this seed."""
+    gen = torch.Generator().manual_seed(seed)
+    probs = images.float().div_(255.0)
+    return torch.bernoulli(probs, generator=gen).mul_(255).to(torch.uint8)
+
+
+def to_float(images: torch.Tensor, dynamic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 images to floats in [0, 1]; `dynamic` draws a fresh Bernoulli sample (dynamic binarisation)."""
+    x = images.float().div_(255.0)
+    return torch.bernoulli(x, generator=generator) if dynamic else x
+
+
+@dataclass
+class PreparedData:
+    """Train and test images ready for batching, with the binarisation applied where it is fixed."""
+
+    train: ImageDataset
+    test: ImageDataset
+    dynamic_train: bool  # draw a new binarisation of each training batch
+
+    @property
+    def shape(self) -> DataShape:
+        return self.train.shape
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.train.num_classes, self.test.num_classes)
+
+
+def prepare_split(ds: ImageDataset, binarize: str, split: str) -> ImageDataset:
+    """Apply the binarisation that is fixed for this split. Dynamic binarisation evaluates on one
+    fixed draw of the test set (seed 1), so test numbers are comparable across runs."""
+    fixed = binarize == "static" or (binarize == "dynamic" and split == "test")
+    if not fixed:
+        return ds
+    seed = 0 if split == "train" else 1
+    return ImageDataset(static_binarize(ds.images, seed), ds.labels, ds.num_classes, ds.name)
+
+
+def prepare_data(dataset: str, data_dir: str | None, binarize: str,
+                 train_limit: int | None = None, test_limit: int | None = None) -> PreparedData:
+    train = prepare_split(load_split(dataset, "train", data_dir).take(train_limit), binarize, "train")
+    test = prepare_split(load_split(dataset, "test", data_dir).take(test_limit), binarize, "test")
+    if train.shape != test.shape:
+        raise DataError(f"{dataset}: train images are {train.shape.as_tuple()} but test images are {test.shape.as_tuple()}")
+    return PreparedData(train, test, dynamic_train=(binarize == "dynamic"))
+
+
+def labelled_subset(labels: torch.Tensor, n: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Indices of a class-balanced subset of n examples (n // K per class, the remainder spread
+    over the first classes), drawn with a fixed seed so every run uses the same labels."""
+    if n < num_classes:
+        raise DataError(f"a class-balanced subset needs at least one label per class: {n} < {num_classes}")
+    if n > labels.numel():
+        raise DataError(f"asked for {n} labelled examples but the training set has {labels.numel()}")
+    gen = torch.Generator().manual_seed(seed)
+    per_class = [n // num_classes + (1 if c < n % num_classes else 0) for c in range(num_classes)]
+    chosen = []
+    for c, count in enumerate(per_class):
+        members = torch.nonzero(labels == c).flatten()
+        if members.numel() < count:
+            raise DataError(f"class {c} has {members.numel()} examples, fewer than the {count} asked for")
+        chosen.append(members[torch.randperm(members.numel(), generator=gen)[:count]])
+    return torch.cat(chosen).sort().values

@@ -1,0 +1,84 @@
+"""Evaluation on held-out data: ELBO, KL, reconstruction, importance-sampled NLL, active units.
+
+Each worker evaluates its shard and the sums are reduced, so the numbers are global whether one
+process or many compute them.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from core.data import ImageDataset, to_float
+from core.distributed import all_reduce_sum, world
+from core.objectives import estimate_log_likelihood
+from core.variant import Batch, Variant
+
+
+def iterate_batches(ds: ImageDataset, batch_size: int, indices: torch.Tensor | None = None,
+                    device: torch.device | str = "cpu") -> Iterator[Batch]:
+    indices = torch.arange(len(ds)) if indices is None else indices
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start:start + batch_size]
+        y = None if ds.labels is None else ds.labels[idx]
+        yield Batch(to_float(ds.images[idx]), y).to(device)
+
+
+def _shard(n: int) -> torch.Tensor:
+    rank, size = world()
+    return torch.arange(rank, n, size)
+
+
+@torch.no_grad()
+def evaluate(variant: Variant, ds: ImageDataset, *, nll_samples: int = 0, nll_examples: int | None = None,
+             batch_size: int = 500, nll_chunk: int = 500, device="cpu", progress: bool = False) -> dict[str, float]:
+    """Mean test metrics in nats per example. `nll` is -log p(x) from `nll_samples` importance
+    samples on the first `nll_examples` examples (all when None); 0 samples skips it."""
+    variant.eval()
+    sums: dict[str, torch.Tensor] = {}
+    count = torch.zeros((), dtype=torch.float64)
+    mean_sum = mean_sq = None
+    idx = _shard(len(ds))
+    batches = iterate_batches(ds, batch_size, idx, device)
+    for batch in tqdm(batches, total=-(-len(idx) // batch_size), desc="evaluate", disable=not progress, leave=False):
+        for name, value in variant.evaluate(batch).items():
+            sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + value.double().sum().cpu()
+        count += len(batch)
+        mean, _ = variant.encode(batch.x, batch.y)
+        mean = mean.double().cpu()
+        mean_sum = mean.sum(0) if mean_sum is None else mean_sum + mean.sum(0)
+        mean_sq = mean.pow(2).sum(0) if mean_sq is None else mean_sq + mean.pow(2).sum(0)
+    names = sorted(sums)
+    packed = all_reduce_sum(torch.stack([sums[n] for n in names] + [count] + list(mean_sum) + list(mean_sq)))
+    total = packed[len(names)]
+    out = {n: float(packed[i] / total) for i, n in enumerate(names)}
+    latent = (len(packed) - len(names) - 1) // 2
+    s1 = packed[len(names) + 1: len(names) + 1 + latent]
+    s2 = packed[len(names) + 1 + latent:]
+    variance = (s2 - s1.pow(2) / total) / (total - 1).clamp(min=1)  # unbiased variance of E_q[z] over the data
+    out["active_units"] = int((variance > 0.01).sum())
+    if nll_samples > 0:
+        out["nll"] = negative_log_likelihood(variant, ds, nll_samples, nll_examples, batch_size=min(batch_size, 100),
+                                             chunk=nll_chunk, device=device, progress=progress)
+    out.update(variant.extra_test_metrics(out))
+    # nats: the ELBO is reported as a (negative) log-likelihood bound, KL and recon as the terms
+    return out
+
+
+@torch.no_grad()
+def negative_log_likelihood(variant: Variant, ds: ImageDataset, k: int, examples: int | None = None,
+                            batch_size: int = 100, chunk: int = 500, device="cpu", progress: bool = False) -> float:
+    """-log p(x) averaged over examples, each estimated with k importance samples (chunked)."""
+    variant.eval()
+    n = len(ds) if examples is None else min(examples, len(ds))
+    idx = _shard(n)
+    total = torch.zeros(2, dtype=torch.float64)
+    batches = iterate_batches(ds, batch_size, idx, device)
+    for batch in tqdm(batches, total=-(-len(idx) // batch_size), desc=f"NLL k={k}", disable=not progress, leave=False):
+        # keep the decoded tensor about chunk x batch images whatever the variant enumerates
+        per_chunk = max(1, chunk // variant.log_weights_per_sample())
+        log_px = estimate_log_likelihood(lambda m: variant.log_weights(batch, m), k, chunk_size=per_chunk)
+        total += torch.tensor([-log_px.double().sum().item(), len(batch)], dtype=torch.float64)
+    total = all_reduce_sum(total)
+    return float(total[0] / total[1])

@@ -1,0 +1,131 @@
+"""Save and load a model as config JSON plus safetensors weights: nothing is ever unpickled.
+
+A saved model is a folder: `config.json` (the run config, data shape, classes, versions) and
+`model.safetensors`. It is written to a temporary sibling folder and renamed into place, so a
+crash never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from core.config import ConfigError, RunConfig
+from core.networks import DataShape
+from core.registry import get_variant
+from core.variant import Variant
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+class ModelLoadError(ValueError):
+    """A model folder that is missing, corrupt, or does not match its config."""
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vae-zoo")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_variant(config: RunConfig, shape: DataShape, num_classes: int) -> Variant:
+    cls = get_variant(config.variant_name)
+    return cls(config.model, shape, num_classes, config.variant_options())
+
+
+def model_metadata(variant: Variant, config: RunConfig) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "vae_zoo_version": package_version(),
+        "variant": config.variant_name,
+        "data_shape": list(variant.shape.as_tuple()),
+        "num_classes": variant.num_classes,
+        "latent_dim": config.model.latent_dim,
+        "config": config.to_dict(),
+    }
+
+
+def save_model(variant: Variant, config: RunConfig, directory: str | os.PathLike,
+               extra: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
+    directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} already exists")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        meta = model_metadata(variant, config) | (extra or {})
+        (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        state = {k: v.detach().cpu().contiguous() for k, v in variant.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"variant": config.variant_name})
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise ModelLoadError(f"{directory}: no such model folder")
+    if not path.is_file():
+        raise ModelLoadError(f"{directory}: not a vae-zoo model ({CONFIG_FILE} missing)")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(f"{path}: unsupported model format {meta.get('format_version') if isinstance(meta, dict) else '?'}")
+    return meta
+
+
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Variant, RunConfig]:
+    directory = Path(directory)
+    meta = read_metadata(directory)
+    try:
+        config = RunConfig.from_dict(meta["config"])
+        variant = build_variant(config, DataShape(*meta["data_shape"]), int(meta["num_classes"]))
+    except (ConfigError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"{directory / CONFIG_FILE}: {err}") from None
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"{directory}: {WEIGHTS_FILE} missing")
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelLoadError(f"{weights}: not a valid safetensors file ({err})") from None
+    load_state(variant, state, str(weights))
+    return variant.to(device).eval(), config
+
+
+def load_state(variant: Variant, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict with one readable error for a checkpoint of another variant or shape."""
+    own = variant.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}")
+        raise ModelLoadError(f"{source}: weights do not fit this {variant.name} model ({'; '.join(parts)})")
+    variant.load_state_dict(state)
