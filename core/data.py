@@ -116,7 +116,7 @@ def _images_to_nchw(array: np.ndarray, path: Path) -> torch.Tensor:
         array = array.transpose(0, 3, 1, 2)  # (N, H, W, C) as IDX writers usually store colour
     elif array.ndim != 4:
         raise DataError(f"{path}: images must have 3 or 4 dimensions, found shape {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_numpy(np.array(array, copy=True, order="C"))  # frombuffer arrays are read-only
 
 
 def load_idx_split(directory: str | os.PathLike, split: str, name: str | None = None) -> ImageDataset:
@@ -135,7 +135,7 @@ def load_idx_split(directory: str | os.PathLike, split: str, name: str | None = 
         raw = read_idx(label_path)
         if raw.ndim != 1 or raw.shape[0] != images.shape[0]:
             raise DataError(f"{label_path}: {raw.shape[0] if raw.ndim else 0} labels for {images.shape[0]} images")
-        labels = torch.from_numpy(raw.astype(np.int64))
+        labels = torch.from_numpy(raw.astype(np.int64))  # astype copies: writable
         if labels.numel() and labels.min() < 0:
             raise DataError(f"{label_path}: negative label {int(labels.min())}")
         num_classes = int(labels.max()) + 1 if labels.numel() else 0

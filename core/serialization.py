@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,24 +54,29 @@ def model_metadata(variant: Variant, config: RunConfig) -> dict[str, Any]:
     }
 
 
-def save_model(variant: Variant, config: RunConfig, directory: str | os.PathLike,
-               extra: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
-    directory = Path(directory)
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory} already exists")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        meta = model_metadata(variant, config) | (extra or {})
-        (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        state = {k: v.detach().cpu().contiguous() for k, v in variant.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_FILE), metadata={"variant": config.variant_name})
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_model(variant: Variant, config: RunConfig, directory: str | os.PathLike,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write the model into `directory` (which may also hold a run's checkpoints and metrics).
+
+    Each file is written under a temporary name and renamed, weights first: `config.json` is
+    what marks a folder as a model, so a folder never looks complete while it is not.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = model_metadata(variant, config) | (extra or {})
+    state = {k: v.detach().cpu().contiguous() for k, v in variant.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_FILE,
+                  lambda p: save_file(state, str(p), metadata={"variant": config.variant_name}))
+    _atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2, sort_keys=True)))
     return directory
 
 

@@ -1,0 +1,83 @@
+"""In-process training run: the core loop plus a run folder with checkpoints, metrics and the model.
+
+Run folder layout (`--output DIR`):
+  config.json, model.safetensors   the trained model (load with `--model DIR`)
+  run_config.yaml                  the resolved config
+  checkpoints/last.pt              model, optimisers, schedulers, epoch and RNG state (each epoch)
+  metrics.jsonl                    one line of metrics per epoch
+  results.json                     final test metrics
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from core.config import RunConfig
+from core.data import prepare_data
+from core.evaluation import evaluate
+from core.serialization import save_model
+from core.training import load_checkpoint, print_report, save_checkpoint, train
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def default_output_dir(config: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = Path(config.data.dataset).name or "data"
+    return Path("runs") / f"{config.variant_name}-{name}-{stamp}"
+
+
+def prepare_output(output: Path, resume: bool) -> dict[str, Any] | None:
+    """Refuse to overwrite a finished run; return the checkpoint to resume from, if asked."""
+    checkpoint = output / CHECKPOINT
+    if resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
+        return load_checkpoint(checkpoint)
+    if output.exists() and any(output.iterdir()):
+        raise FileExistsError(f"output folder {output} is not empty: choose another --output, or pass --resume to continue it")
+    return None
+
+
+def keep_epochs_up_to(metrics_file: Path, last_epoch: int) -> None:
+    if not metrics_file.exists():
+        return
+    lines = [ln for ln in metrics_file.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["epoch"] <= last_epoch]
+    metrics_file.write_text("".join(ln + "\n" for ln in kept))
+
+
+def run_local(config: RunConfig, output: Path, resume: bool = False, final_nll_samples: int = 1000) -> dict[str, Any]:
+    output = output.resolve()
+    state = prepare_output(output, resume)
+    if state is not None:
+        config = RunConfig.from_dict(state["config"])  # a resumed run keeps its own config
+    (output / CHECKPOINT.parent).mkdir(parents=True, exist_ok=True)
+    (output / "run_config.yaml").write_text(config.to_yaml())
+    d = config.data
+    data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
+
+    metrics_file = output / "metrics.jsonl"
+    if state is not None:
+        keep_epochs_up_to(metrics_file, int(state["epoch"]))
+
+    def report(metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+        # Metrics before the checkpoint: a kill in between repeats the epoch on resume, and
+        # keep_epochs_up_to drops the stale line, so every epoch appears exactly once.
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        save_checkpoint(checkpoint, output / CHECKPOINT)
+        print_report(metrics)
+
+    started = time.perf_counter()
+    variant = train(config, report=report, resume=state, data=data)
+    train_seconds = time.perf_counter() - started
+    results = evaluate(variant, data.test, nll_samples=final_nll_samples, batch_size=config.train.eval_batch_size,
+                       progress=config.train.progress)
+    results.update(nll_samples=final_nll_samples, binarize=d.binarize, train_seconds=round(train_seconds, 1),
+                   test_examples=len(data.test))
+    save_model(variant, config, output, extra={"test_metrics": results})
+    (output / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    return results
