@@ -116,6 +116,11 @@ class Variant(nn.Module):
         return self.vae.generate(n, generator=generator)
 
     @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean image of p(x | z) for latents z (B, D): latent walks and manifolds."""
+        return self.vae.likelihood.mean(self.vae.decode(z))
+
+    @torch.no_grad()
     def reconstruct(self, batch: Batch) -> torch.Tensor:
         mean, _ = self.encode(batch.x, batch.y)
         return self.vae.likelihood.mean(self.vae.decode(mean))

@@ -90,6 +90,14 @@ class ConditionalVAE(Variant):
         return self.vae.generate(n, c=F.one_hot(y, self.num_classes).float(), generator=generator)
 
     @torch.no_grad()
+    def decode_mean(self, z, y=None):
+        """Label-conditioned decoding (class 0 unless `y` is given)."""
+        if self.options.condition != "label":
+            raise ValueError("a quadrant-conditioned cvae decodes only together with visible quadrants")
+        y = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if y is None else y
+        return self.vae.likelihood.mean(self.vae.decode(z, F.one_hot(y, self.num_classes).to(z.dtype)))
+
+    @torch.no_grad()
     def reconstruct(self, batch):
         c, _ = self.condition(batch.x, batch.y)
         mean, _ = self.vae.encode(batch.x, c)

@@ -114,6 +114,12 @@ class M2(Variant):
         return self.vae.generate(n, c=self._onehot(y, torch.float32), generator=generator)
 
     @torch.no_grad()
+    def decode_mean(self, z, y=None):
+        """Decoding for a given label (class 0 unless `y` is given): z carries the style."""
+        y = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if y is None else y
+        return self.vae.likelihood.mean(self.vae.decode(z, self._onehot(y, z.dtype)))
+
+    @torch.no_grad()
     def reconstruct(self, batch):
         y = self.classify(batch.x)
         c = self._onehot(y, batch.x.dtype)

@@ -1,0 +1,183 @@
+"""MLflow tracking: one run per `vaezoo train`, per-epoch metrics, artifacts, the logged model
+(a pyfunc returning latents, wrapping the native vae-zoo model), registry and the champion alias.
+
+Only the driver and rank 0 write (SQLite dislikes many writers): the driver opens the run and
+passes its id; rank 0 logs epoch metrics into it with step=epoch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+DEFAULT_EXPERIMENT = "vae-zoo"
+CHAMPION = "champion"
+# Final test metrics every variant logs under the same names, so runs line up in the compare view.
+SHARED_METRICS = ["test/nll", "test/elbo", "test/kl", "test/recon", "test/active_units", "train/images_per_sec"]
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else SQLite in the working folder, by absolute path (Ray
+    workers run in another folder, where a relative URI would point elsewhere)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """Beside a local SQLite store, artifacts go to an absolute mlartifacts/ folder next to the
+    database; a server decides for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("vae-zoo", "torch", "ray", "mlflow", "pyarrow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def start_run(config, uri: str, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None) -> str:
+    """Create (or find) the experiment and open a run: params, tags, versions. Returns the run id."""
+    import mlflow
+
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        exp_id = exp.experiment_id
+    else:
+        exp_id = client.create_experiment(experiment, artifact_location=default_artifact_location(uri))
+    dataset = Path(config.data.dataset).name
+    tags = {"variant": config.variant_name, "dataset": dataset, "git_commit": git_commit(),
+            "mlflow.runName": run_name or f"{config.variant_name}-{dataset}"}
+    tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    run = client.create_run(exp_id, tags=tags)
+    params = flatten(config.to_dict())
+    from mlflow.entities import Param
+
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    del mlflow
+    return run.info.run_id
+
+
+class EpochLogger:
+    """report() hook: logs one epoch's numeric metrics with step=epoch."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self._client = None
+
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        if self._client is None:
+            self._client = _client(self.uri)
+        epoch = int(metrics["epoch"])
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()
+                 if k != "epoch" and isinstance(v, (int, float))]
+        self._client.log_batch(self.run_id, metrics=batch)
+
+
+def log_final(uri: str, run_id: str, results: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    from mlflow.entities import Metric
+
+    client = _client(uri)
+    step = int(history[-1]["epoch"]) if history else 0
+    final = {f"test/{k}": v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if history and "train/images_per_sec" in history[-1]:
+        final["train/images_per_sec"] = history[-1]["train/images_per_sec"]
+    client.log_batch(run_id, metrics=[Metric(k, float(v), 0, step) for k, v in final.items()])
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(uri).set_terminated(run_id, status)
+
+
+# -- one run per training, across restarts ---------------------------------------------------------
+RUN_FILE = "mlflow_run.json"
+
+
+def open_run(config, output: Path, resume: bool, experiment: str = DEFAULT_EXPERIMENT) -> tuple[str, str]:
+    """(tracking URI, run id): a new run, or on --resume the run this output folder already has."""
+    uri = tracking_uri()
+    record = Path(output) / RUN_FILE
+    if resume and record.is_file():
+        saved = json.loads(record.read_text())
+        _client(saved["tracking_uri"]).update_run(saved["run_id"], status="RUNNING")
+        return saved["tracking_uri"], saved["run_id"]
+    run_id = start_run(config, uri, experiment)
+    Path(output).mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment": experiment}))
+    return uri, run_id
+
+
+def finish_run(uri: str, run_id: str, variant, config, output: Path, test_set, history: list[dict[str, Any]],
+               results: dict[str, Any], register_name: str | None) -> dict[str, Any]:
+    """After training: final metrics, pictures, the logged model, registry and champion alias."""
+    from pipelines.artifacts import write_artifacts
+    from pipelines.mlflow_model import log_model, register
+
+    client = _client(uri)
+    log_final(uri, run_id, results, history)
+    for path in write_artifacts(variant, test_set, history, Path(output) / "artifacts", seed=config.train.seed):
+        client.log_artifact(run_id, str(path), "plots")
+    for name in ("results.json", "run_config.yaml", "metrics.jsonl"):
+        if (Path(output) / name).is_file():
+            client.log_artifact(run_id, str(Path(output) / name))
+    import shutil
+    import tempfile
+
+    from core.serialization import CONFIG_FILE, WEIGHTS_FILE
+
+    example = (test_set.images[:2].float() / 255.0).numpy()
+    with tempfile.TemporaryDirectory() as tmp:  # only the model files, not the run's checkpoints
+        model_dir = Path(tmp) / "vaezoo_model"
+        model_dir.mkdir()
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copy2(Path(output) / name, model_dir / name)
+        model_uri = log_model(run_id, uri, model_dir, example, variant.shape.as_tuple(), config.model.latent_dim)
+    info: dict[str, Any] = {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri}
+    if register_name:
+        info.update(register(uri, register_name, model_uri, run_id, float(results["nll"])))
+        info["registered_model"] = register_name
+    end_run(uri, run_id)
+    return info
