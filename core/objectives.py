@@ -52,7 +52,8 @@ def enumerated_elbo(elbo_given_y: torch.Tensor, log_qy: torch.Tensor) -> torch.T
     elbo_given_y and log_qy are (Y, B); ELBO(x, y) already includes log p(y).
     """
     qy = log_qy.exp()
-    return (qy * (elbo_given_y - log_qy)).sum(0)
+    # xlogy makes 0 * log 0 = 0, so a certain label (q(y|x) = 1 for one y) stays finite
+    return (qy * elbo_given_y).sum(0) - torch.special.xlogy(qy, qy).sum(0)
 
 
 @torch.no_grad()

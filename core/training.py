@@ -13,6 +13,7 @@ torch.distributed process group exists the loop is data-parallel:
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -171,8 +172,10 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
         metrics.update({f"test/{k}": v for k, v in test.items()})
         checkpoint = {
             "epoch": epoch,
-            "model": {k: v.detach().cpu() for k, v in variant.state_dict().items()},
-            "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+            # Copies, not views: on CPU .cpu() aliases the live weights, and a caller that keeps
+            # the checkpoint must not see later training.
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in variant.state_dict().items()},
+            "optimizers": {n: copy.deepcopy(o.state_dict()) for n, o in optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
             "rng": gather_objects(_rng_state()),
             "config": cfg.to_dict(),

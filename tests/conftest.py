@@ -1,0 +1,136 @@
+"""Shared fixtures: a tiny synthetic labelled image dataset, its IDX folder, small configs and
+briefly trained models (trained once per session and shared, to keep the suite fast).
+
+The images are 1x8x8 with four classes; class c lights one quadrant (reading order) brightly on a
+dim background, so the classes are easy to separate and there is structure for a VAE to learn.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis.configuration import set_hypothesis_home_dir
+
+from core.config import RunConfig
+from core.data import ImageDataset, PreparedData, prepare_split, write_idx
+from core.training import train
+
+# Hypothesis keeps its caches outside the repository.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "vae-zoo-tests-hypothesis")
+
+# Tiny models run fastest on one thread, and the suite shares the machine with other work.
+torch.set_num_threads(1)
+
+SIZE = 8
+NUM_CLASSES = 4
+N_TRAIN = 512
+N_TEST = 128
+
+# Options per variant for the small test models (m2 keeps 10 labels per class).
+VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
+    "vae": {},
+    "iwae": {"k": 5},
+    "dvae": {"corruption": "salt_and_pepper", "noise_level": 0.1},
+    "cvae": {"condition": "label"},
+    "m2": {"num_labels": 40, "labelled_batch_size": 32},
+}
+ALL_VARIANTS = ["vae", "iwae", "cvae", "dvae", "m2"]
+
+
+def make_images(n: int, seed: int, num_classes: int = NUM_CLASSES, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(n, size, size) uint8 images and (n,) uint8 labels, every class equally often."""
+    rng = np.random.RandomState(seed)
+    labels = rng.permutation(np.arange(n) % num_classes).astype(np.uint8)
+    images = rng.randint(0, 40, size=(n, size, size))
+    h = size // 2
+    for i, c in enumerate(labels):
+        r, col = divmod(int(c), 2)
+        images[i, r * h:(r + 1) * h, col * h:(col + 1) * h] = rng.randint(200, 256, size=(h, h))
+    return images.astype(np.uint8), labels
+
+
+def make_dataset(n: int, seed: int, name: str = "synthetic") -> ImageDataset:
+    images, labels = make_images(n, seed)
+    return ImageDataset(torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64)),
+                        NUM_CLASSES, name)
+
+
+@pytest.fixture(scope="session")
+def train_set() -> ImageDataset:
+    return make_dataset(N_TRAIN, seed=0)
+
+
+@pytest.fixture(scope="session")
+def test_set() -> ImageDataset:
+    return make_dataset(N_TEST, seed=1)
+
+
+@pytest.fixture(scope="session")
+def prepared(train_set, test_set) -> PreparedData:
+    """Dynamic binarisation: fresh draws of each training batch, one fixed draw of the test set."""
+    return PreparedData(train_set, prepare_split(test_set, "dynamic", "test"), dynamic_train=True)
+
+
+@pytest.fixture(scope="session")
+def binary_batch(test_set) -> torch.Tensor:
+    """A fixed binarised float batch (B, 1, 8, 8) for model-level checks."""
+    gen = torch.Generator().manual_seed(123)
+    return torch.bernoulli(test_set.images.float() / 255.0, generator=gen)
+
+
+def write_idx_folder(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                     gz: bool = True) -> Path:
+    """A folder in the MNIST layout: train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    write_idx(folder / f"train-images-idx3-ubyte{ext}", train[0])
+    write_idx(folder / f"train-labels-idx1-ubyte{ext}", train[1])
+    write_idx(folder / f"t10k-images-idx3-ubyte{ext}", test[0])
+    write_idx(folder / f"t10k-labels-idx1-ubyte{ext}", test[1])
+    return folder
+
+
+@pytest.fixture
+def idx_folder(tmp_path) -> Path:
+    """The synthetic dataset written as gzip IDX files in the MNIST layout."""
+    return write_idx_folder(tmp_path / "synthetic-idx", make_images(N_TRAIN, 0), make_images(N_TEST, 1))
+
+
+def small_config(variant: str, *, options: dict[str, Any] | None = None, epochs: int = 5,
+                 architecture: str = "mlp", latent_dim: int = 2, **train: Any) -> RunConfig:
+    raw = {
+        "variant_name": variant,
+        "variant": VARIANT_OPTIONS[variant] if options is None else options,
+        "model": {"architecture": architecture, "latent_dim": latent_dim, "hidden_dims": [32],
+                  "conv_channels": [4, 8]},
+        "data": {"dataset": "synthetic"},
+        "train": {"epochs": epochs, "batch_size": 32, "lr": 3e-3, "seed": 0, "eval_nll_samples": 10,
+                  "eval_nll_examples": 32, "progress": False} | train,
+    }
+    return RunConfig.from_dict(raw)
+
+
+class TrainedRun:
+    def __init__(self, variant, config: RunConfig, history: list[dict[str, Any]]):
+        self.variant, self.config, self.history = variant, config, history
+
+
+@pytest.fixture(scope="session")
+def trained(prepared):
+    """trained(name) -> TrainedRun: each variant trained once per session for 5 epochs, shared."""
+    cache: dict[str, TrainedRun] = {}
+
+    def get(name: str) -> TrainedRun:
+        if name not in cache:
+            history: list[dict[str, Any]] = []
+            config = small_config(name)
+            variant = train(config, report=lambda metrics, checkpoint: history.append(metrics), data=prepared)
+            variant.eval()
+            cache[name] = TrainedRun(variant, config, history)
+        return cache[name]
+
+    return get
