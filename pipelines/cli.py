@@ -1,4 +1,4 @@
-"""The `vaezoo` command line: variants, train, evaluate, sample."""
+"""The `vaezoo` command line: variants, train, evaluate, sample, compare, encode."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,23 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--final-nll-samples", type=int, default=1000, help="importance samples for the final test NLL (default 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t = p.add_argument_group("MLflow (tracking store: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
+    t.add_argument("--experiment", default="vae-zoo", help="MLflow experiment (default vae-zoo)")
+    t.add_argument("--register", metavar="NAME", help="registered model name (default <dataset>-<variant>)")
+    t.add_argument("--no-register", action="store_true", help="log the model in the run but register no version")
+    r = p.add_argument_group("Ray Train (distributed data parallel)")
+    r.add_argument("--num-workers", type=int, default=1,
+                   help="Ray Train workers; each global batch is split across them (default 1; 0 trains in-process without Ray)")
+    r.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend (default CPU workers, gloo)")
+    r.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default 1)")
+    r.add_argument("--address", help="Ray cluster to join (host:port, auto); default $RAY_ADDRESS, else a local "
+                                     "cluster started for this run")
+    r.add_argument("--storage-path", help="where Ray keeps checkpoints (the last 3), a folder or URI; shared storage "
+                                          "(NFS, s3://...) when workers span nodes (default OUTPUT/ray_results)")
+    r.add_argument("--max-failures", type=int, default=0,
+                   help="restarts of a failed worker group from the last checkpoint (default 0; -1: no limit)")
+    r.add_argument("--ray-logs", action="store_true",
+                   help="also forward Ray's worker and controller logs to this console (default: one line per epoch)")
 
 
 def build_config(args):
@@ -54,21 +71,57 @@ def cmd_variants(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pipelines.local import default_output_dir, run_local
+    from pipelines.local import default_output_dir, prepare_output, run_local
+    from pipelines import tracking
 
     config = build_config(args)
-    output = Path(args.output) if args.output else default_output_dir(config)
-    results = run_local(config, output, resume=args.resume, final_nll_samples=args.final_nll_samples)
-    print(json.dumps({"output": str(output.resolve()), "test": results}, indent=2, sort_keys=True))
+    output = (Path(args.output) if args.output else default_output_dir(config)).resolve()
+    if args.num_workers < 0:
+        raise ValueError("--num-workers must be 0 (in-process) or more")
+    ray_only = [flag for flag, given in (("--use-gpu", args.use_gpu), ("--address", args.address),
+                                         ("--storage-path", args.storage_path), ("--ray-logs", args.ray_logs)) if given]
+    if args.num_workers == 0 and ray_only:
+        raise ValueError(f"{', '.join(ray_only)}: only for training on Ray, not with --num-workers 0")
+    if not args.resume:
+        prepare_output(output, resume=False)  # refuse a used folder before an MLflow run is opened
+    # One MLflow run per training: opened here, continued by --resume, logged each epoch by the
+    # driver (in-process, or as Ray registers the epoch), closed with the model and pictures.
+    uri, run_id = tracking.open_run(config, output, args.resume, args.experiment)
+    log_epoch = tracking.EpochLogger(uri, run_id)
+    try:
+        if args.num_workers == 0:
+            results = run_local(config, output, resume=args.resume, final_nll_samples=args.final_nll_samples,
+                                epoch_hook=log_epoch)
+        else:
+            from pipelines.ray_train import run_ray
+
+            results = run_ray(config, output, resume=args.resume, final_nll_samples=args.final_nll_samples,
+                              num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+                              address=args.address, storage_path=args.storage_path, max_failures=args.max_failures,
+                              ray_logs=args.ray_logs, epoch_hook=log_epoch)
+    except BaseException as err:
+        tracking.end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    trained_config = build_config_from_run(output)
+    name = None if args.no_register else (args.register or tracking.default_model_name(trained_config))
+    info = tracking.finish_run(uri, run_id, output, name)
+    print(json.dumps({"output": str(output), "test": results, "mlflow": info}, indent=2, sort_keys=True))
     return 0
+
+
+def build_config_from_run(output: Path):
+    from core.config import RunConfig
+
+    return RunConfig.from_file(output / "run_config.yaml")
 
 
 def cmd_evaluate(args) -> int:
     from core.data import prepare_split, load_split
     from core.evaluation import evaluate
     from core.serialization import load_model
+    from pipelines.model_uri import resolve_model_uri
 
-    variant, config = load_model(args.model)
+    variant, config = load_model(resolve_model_uri(args.model))
     dataset = args.dataset or config.data.dataset
     data_dir = args.data_dir if (args.data_dir or args.dataset) else config.data.data_dir
     test = prepare_split(load_split(dataset, args.split, data_dir).take(args.limit), config.data.binarize, "test")
@@ -86,13 +139,21 @@ def cmd_sample(args) -> int:
 
     from core.serialization import load_model
     from pipelines.images import save_grid
+    from pipelines.model_uri import resolve_model_uri
 
     if args.num < 1:
         raise ValueError("--num must be at least 1")
-    variant, _ = load_model(args.model)
+    variant, _ = load_model(resolve_model_uri(args.model))
     images = variant.sample(args.num, generator=torch.Generator().manual_seed(args.seed))
     path = save_grid(images, args.output)
     print(f"wrote {args.num} samples to {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from pipelines.compare import format_table, latest_runs
+
+    print(format_table(latest_runs(experiment=args.experiment), args.format), end="")
     return 0
 
 
@@ -102,7 +163,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("variants", help="list the variants with their papers")
     _train_parser(sub)
     e = sub.add_parser("evaluate", help="test metrics of a saved model, as JSON")
-    e.add_argument("--model", required=True, help="model folder written by `vaezoo train --output`")
+    e.add_argument("--model", required=True, help="a model folder (`vaezoo train --output`), models:/NAME@ALIAS, "
+                                                  "models:/NAME/VERSION or runs:/RUN_ID/model")
     e.add_argument("--dataset", help="default: the dataset the model was trained on")
     e.add_argument("--data-dir")
     e.add_argument("--split", default="test", choices=["train", "test"])
@@ -110,14 +172,18 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="evaluate only the first N examples")
     e.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("sample", help="draw images from a model's prior into a PNG grid")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help="a model folder or an MLflow model URI")
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--output", required=True, help="PNG file")
     s.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("compare", help="the latest run of each variant on the shared test metrics")
+    c.add_argument("--experiment", default="vae-zoo", help="MLflow experiment (default vae-zoo)")
+    c.add_argument("--format", default="text", choices=["text", "csv", "markdown"])
     return parser
 
 
-COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
+COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample,
+            "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

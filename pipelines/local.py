@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from core.config import RunConfig
 from core.data import prepare_data
@@ -36,7 +36,8 @@ def prepare_output(output: Path, resume: bool) -> dict[str, Any] | None:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
         return load_checkpoint(checkpoint)
-    if output.exists() and any(output.iterdir()):
+    # The MLflow run record is written first (the run opens before training starts).
+    if output.exists() and any(p.name != "mlflow_run.json" for p in output.iterdir()):
         raise FileExistsError(f"output folder {output} is not empty: choose another --output, or pass --resume to continue it")
     return None
 
@@ -49,7 +50,9 @@ def keep_epochs_up_to(metrics_file: Path, last_epoch: int) -> None:
     metrics_file.write_text("".join(ln + "\n" for ln in kept))
 
 
-def run_local(config: RunConfig, output: Path, resume: bool = False, final_nll_samples: int = 1000) -> dict[str, Any]:
+def run_local(config: RunConfig, output: Path, resume: bool = False, final_nll_samples: int = 1000,
+              epoch_hook: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train in this process; `epoch_hook(metrics)` sees every epoch's metrics (MLflow logging)."""
     output = output.resolve()
     state = prepare_output(output, resume)
     if state is not None:
@@ -69,6 +72,8 @@ def run_local(config: RunConfig, output: Path, resume: bool = False, final_nll_s
         with open(metrics_file, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         save_checkpoint(checkpoint, output / CHECKPOINT)
+        if epoch_hook is not None:
+            epoch_hook(metrics)
         print_report(metrics)
 
     started = time.perf_counter()

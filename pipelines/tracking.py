@@ -15,8 +15,10 @@ from typing import Any
 
 DEFAULT_EXPERIMENT = "vae-zoo"
 CHAMPION = "champion"
-# Final test metrics every variant logs under the same names, so runs line up in the compare view.
-SHARED_METRICS = ["test/nll", "test/elbo", "test/kl", "test/recon", "test/active_units", "train/images_per_sec"]
+# Final test metrics (whole test split, the final NLL sample count) every variant logs under the
+# same names, so runs line up in the compare view. Per-epoch `test/*` numbers are quick estimates
+# on a subset; `final/*` are the ones to compare.
+SHARED_METRICS = ["final/nll", "final/elbo", "final/kl", "final/recon", "final/active_units", "train/images_per_sec"]
 
 
 def tracking_uri() -> str:
@@ -120,12 +122,13 @@ class EpochLogger:
 def log_final(uri: str, run_id: str, results: dict[str, Any], history: list[dict[str, Any]]) -> None:
     from mlflow.entities import Metric
 
+    import time
+
     client = _client(uri)
     step = int(history[-1]["epoch"]) if history else 0
-    final = {f"test/{k}": v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if history and "train/images_per_sec" in history[-1]:
-        final["train/images_per_sec"] = history[-1]["train/images_per_sec"]
-    client.log_batch(run_id, metrics=[Metric(k, float(v), 0, step) for k, v in final.items()])
+    final = {f"final/{k}": v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in final.items()])
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
@@ -150,34 +153,45 @@ def open_run(config, output: Path, resume: bool, experiment: str = DEFAULT_EXPER
     return uri, run_id
 
 
-def finish_run(uri: str, run_id: str, variant, config, output: Path, test_set, history: list[dict[str, Any]],
-               results: dict[str, Any], register_name: str | None) -> dict[str, Any]:
-    """After training: final metrics, pictures, the logged model, registry and champion alias."""
-    from pipelines.artifacts import write_artifacts
-    from pipelines.mlflow_model import log_model, register
-
-    client = _client(uri)
-    log_final(uri, run_id, results, history)
-    for path in write_artifacts(variant, test_set, history, Path(output) / "artifacts", seed=config.train.seed):
-        client.log_artifact(run_id, str(path), "plots")
-    for name in ("results.json", "run_config.yaml", "metrics.jsonl"):
-        if (Path(output) / name).is_file():
-            client.log_artifact(run_id, str(Path(output) / name))
+def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -> dict[str, Any]:
+    """After training: final metrics, pictures, the logged model, registry and champion alias.
+    Everything is read back from the run folder, whichever backend trained the model."""
     import shutil
     import tempfile
 
-    from core.serialization import CONFIG_FILE, WEIGHTS_FILE
+    from core.data import load_split, prepare_split
+    from core.serialization import CONFIG_FILE, WEIGHTS_FILE, load_model
+    from pipelines.artifacts import write_artifacts
+    from pipelines.mlflow_model import log_model
 
+    output = Path(output)
+    variant, config = load_model(output)
+    d = config.data
+    test_set = prepare_split(load_split(d.dataset, "test", d.data_dir).take(d.test_limit), d.binarize, "test")
+    history = [json.loads(ln) for ln in (output / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    results = json.loads((output / "results.json").read_text())
+    client = _client(uri)
+    log_final(uri, run_id, results, history)
+    for path in write_artifacts(variant, test_set, history, output / "artifacts", seed=config.train.seed):
+        client.log_artifact(run_id, str(path), "plots")
+    for name in ("results.json", "run_config.yaml", "metrics.jsonl"):
+        client.log_artifact(run_id, str(output / name))
     example = (test_set.images[:2].float() / 255.0).numpy()
     with tempfile.TemporaryDirectory() as tmp:  # only the model files, not the run's checkpoints
         model_dir = Path(tmp) / "vaezoo_model"
         model_dir.mkdir()
         for name in (CONFIG_FILE, WEIGHTS_FILE):
-            shutil.copy2(Path(output) / name, model_dir / name)
+            shutil.copy2(output / name, model_dir / name)
         model_uri = log_model(run_id, uri, model_dir, example, variant.shape.as_tuple(), config.model.latent_dim)
     info: dict[str, Any] = {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri}
     if register_name:
+        from pipelines.mlflow_model import register
+
         info.update(register(uri, register_name, model_uri, run_id, float(results["nll"])))
         info["registered_model"] = register_name
     end_run(uri, run_id)
     return info
+
+
+def default_model_name(config) -> str:
+    return f"{Path(config.data.dataset).name}-{config.variant_name}"

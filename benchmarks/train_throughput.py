@@ -1,0 +1,144 @@
+"""Training throughput of the MLP 784-400-20 Bernoulli VAE on Fashion-MNIST, side by side:
+
+* `reference`: the classic PyTorch VAE recipe (torchvision dataset, ToTensor, DataLoader,
+  Adam 1e-3, BCE summed over pixels), in this same process;
+* `vaezoo`: core.training.train in-process (no Ray), same architecture, optimiser and batch size.
+
+Both train on grey levels (no binarisation) so they do identical arithmetic; a third row shows
+vaezoo with its default dynamic binarisation. Images per second are measured over the steady
+epochs (the first is a warm-up). The script also measures this machine's fp32 matrix-multiply
+FLOP/s and reports the share of it training reaches.
+
+    python benchmarks/train_throughput.py [--batch-sizes 128 512] [--epochs 3]
+
+Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+HIDDEN, LATENT, PIXELS = 400, 20, 784
+# Multiply-accumulates per image in one forward pass of the 784-400-20 VAE; training costs
+# forward + backward (about twice the forward), so 3x forward in all, 2 FLOPs per MAC.
+FORWARD_MACS = PIXELS * HIDDEN + HIDDEN * 2 * LATENT + LATENT * HIDDEN + HIDDEN * PIXELS
+TRAIN_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+class ReferenceVAE(nn.Module):  # the PyTorch examples VAE
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
+        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x.view(-1, 784)))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.fc4(F.relu(self.fc3(z))), mu, logvar
+
+
+def reference_throughput(root: Path, batch_size: int, epochs: int) -> float:
+    from torchvision import datasets, transforms
+
+    ds = datasets.FashionMNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True)
+    model = ReferenceVAE()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rates = []
+    for _ in range(epochs):
+        started, seen = time.perf_counter(), 0
+        for x, _ in loader:
+            logits, mu, logvar = model(x)
+            bce = F.binary_cross_entropy_with_logits(logits, x.view(-1, 784), reduction="sum")
+            kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            loss = (bce + kld) / x.shape[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += x.shape[0]
+        rates.append(seen / (time.perf_counter() - started))
+    return sum(rates[1:]) / len(rates[1:])
+
+
+def vaezoo_throughput(batch_size: int, epochs: int, binarize: str) -> float:
+    from core.config import RunConfig
+    from core.data import prepare_data
+    from core.training import train
+
+    cfg = RunConfig.from_dict({
+        "variant_name": "vae",
+        "model": {"architecture": "mlp", "hidden_dims": [HIDDEN], "latent_dim": LATENT, "likelihood": "bernoulli"},
+        "data": {"dataset": "fashion-mnist", "binarize": binarize, "test_limit": 500},
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "progress": False,
+                  "eval_nll_samples": 1, "eval_nll_examples": 1},
+    })
+    data = prepare_data("fashion-mnist", None, binarize, None, 500)
+    rates: list[float] = []
+    train(cfg, report=lambda m, c: rates.append(m["train/images_per_sec"]), data=data)
+    return sum(rates[1:]) / len(rates[1:])
+
+
+def torchvision_root() -> Path:
+    """torchvision's FashionMNIST reads raw/ with unzipped files: unzip Debian's copies once."""
+    root = Path(tempfile.gettempdir()) / "vaezoo-bench-tv"
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz in FMNIST.glob("*.gz"):
+        target = raw / gz.name[:-3]
+        if not target.exists():
+            with gzip.open(gz) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is warm-up")
+    args = parser.parse_args()
+    peak = matmul_peak_flops()
+    root = torchvision_root()
+    rows = []
+    for bs in args.batch_sizes:
+        ref = reference_throughput(root, bs, args.epochs)
+        ours = vaezoo_throughput(bs, args.epochs, "none")
+        dyn = vaezoo_throughput(bs, args.epochs, "dynamic")
+        rows.append({
+            "batch_size": bs,
+            "reference_images_per_sec": round(ref),
+            "vaezoo_images_per_sec": round(ours),
+            "vaezoo_dynamic_binarisation_images_per_sec": round(dyn),
+            "speedup_vs_reference": round(ours / ref, 2),
+            "vaezoo_train_gflops": round(ours * TRAIN_FLOPS_PER_IMAGE / 1e9, 1),
+            "share_of_matmul_peak": round(ours * TRAIN_FLOPS_PER_IMAGE / peak, 3),
+        })
+    print(json.dumps({"benchmark": "train_throughput", "torch_threads": torch.get_num_threads(),
+                      "matmul_peak_gflops": round(peak / 1e9, 1), "epochs_measured": args.epochs - 1,
+                      "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

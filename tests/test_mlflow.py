@@ -1,0 +1,242 @@
+"""MLflow tracking against a real `mlflow server` (SQLite backend) on 127.0.0.1, started by the
+fixture and stopped by its pid: one run per training, per-epoch metrics, valid artifacts, the
+registry and the champion alias, pyfunc == native encode, and a killed-then-resumed run that
+stays one run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_images, write_idx_folder
+from PIL import Image
+
+from pipelines.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY = ["--set", "model.hidden_dims=[16]", "--latent-dim", "2", "--batch-size", "64", "--final-nll-samples", "20",
+        "--set", "train.eval_nll_samples=5", "--set", "train.eval_nll_examples=32", "--no-progress", "--num-workers", "0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.2)  # polling a condition with a deadline, not timing
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory) -> Path:
+    return write_idx_folder(tmp_path_factory.mktemp("data") / "tiny", make_images(256, 0), make_images(64, 1))
+
+
+@pytest.fixture(scope="module")
+def tracked(mlflow_server, data_folder, tmp_path_factory):
+    """Two variants trained for 2 epochs each, tracked on the server; returns their run folders."""
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    work = tmp_path_factory.mktemp("runs")
+    outputs = {}
+    try:
+        for variant in ("vae", "iwae"):
+            out = work / variant
+            assert main(["train", "--variant", variant, "--dataset", str(data_folder), "--epochs", "2",
+                         "--output", str(out), "--experiment", "zoo-test", "--register", f"tiny-{variant}", *TINY]) == 0
+            outputs[variant] = out
+        yield outputs
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_one_run_per_training_with_a_metric_at_every_epoch(mlflow_server, tracked):
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name("zoo-test")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["variant"] for r in runs) == ["iwae", "vae"]
+    for run in runs:
+        record = json.loads((tracked[run.data.tags["variant"]] / "mlflow_run.json").read_text())
+        assert record["run_id"] == run.info.run_id
+        assert run.info.status == "FINISHED"
+        for metric in ("train/elbo", "test/elbo", "test/kl", "test/active_units"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
+            assert steps[:2] == [1, 2] and set(steps) == {1, 2}, (metric, steps)
+        # the final test metrics every variant shares, equal to the run folder's results.json
+        results = json.loads((tracked[run.data.tags["variant"]] / "results.json").read_text())
+        assert run.data.metrics["final/nll"] == pytest.approx(results["nll"])
+        assert run.data.metrics["final/active_units"] == results["active_units"]
+        assert run.data.params["model.latent_dim"] == "2"
+        assert run.data.params["variant_name"] == run.data.tags["variant"]
+        assert run.data.tags["version.torch"] == version("torch")
+        assert run.data.tags["version.mlflow"] == version("mlflow")
+        assert run.data.tags["git_commit"] != ""
+
+
+def test_artifacts_are_valid_pngs(mlflow_server, tracked, tmp_path):
+    import mlflow
+
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name("zoo-test")
+    for run in client.search_runs([exp.experiment_id]):
+        names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"samples.png", "reconstructions.png", "latent_manifold.png", "latents_2d.png",
+                "training_curves.png"} <= names
+        mlflow.set_tracking_uri(mlflow_server)
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="plots",
+                                                         dst_path=str(tmp_path / run.info.run_id)))
+        for png in local.glob("*.png"):
+            assert png.read_bytes()[:8] == PNG_SIGNATURE
+            with Image.open(png) as im:
+                im.verify()
+            with Image.open(png) as im:
+                assert min(im.size) >= 20, (png.name, im.size)
+
+
+def test_versions_registered_and_champion_alias(mlflow_server, tracked):
+    from pipelines.mlflow_model import register
+
+    client = _client(mlflow_server)
+    for variant in ("vae", "iwae"):
+        versions = client.search_model_versions(f"name='tiny-{variant}'")
+        assert [int(v.version) for v in versions] == [1]
+        assert client.get_model_version_by_alias(f"tiny-{variant}", "champion").version == "1"
+    # The alias moves only to a version whose test NLL beats the champion's.
+    run_id = json.loads((tracked["vae"] / "mlflow_run.json").read_text())["run_id"]
+    model_uri = client.get_model_version("tiny-vae", "1").source
+    champion_nll = float(client.get_model_version("tiny-vae", "1").tags["test_nll"])
+    worse = register(mlflow_server, "tiny-vae", model_uri, run_id, champion_nll + 5.0)
+    assert (worse["version"], worse["champion"]) == (2, False)
+    assert client.get_model_version_by_alias("tiny-vae", "champion").version == "1"
+    better = register(mlflow_server, "tiny-vae", model_uri, run_id, champion_nll - 5.0)
+    assert (better["version"], better["champion"]) == (3, True)
+    assert client.get_model_version_by_alias("tiny-vae", "champion").version == "3"
+
+
+def test_pyfunc_predict_equals_native_encode(mlflow_server, tracked, data_folder, monkeypatch):
+    import mlflow
+
+    from core.data import load_split
+    from core.serialization import load_model
+    from pipelines.model_uri import resolve_model_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    x = load_split(str(data_folder), "test").images[:16].float().div(255.0)
+    pyfunc = mlflow.pyfunc.load_model("models:/tiny-iwae@champion")
+    predicted = pyfunc.predict(x.numpy())
+    variant, _ = load_model(resolve_model_uri("models:/tiny-iwae@champion"))
+    with torch.no_grad():
+        mean, logvar = variant.encode(x)
+    assert np.array_equal(predicted["z_mean"], mean.numpy())
+    assert np.array_equal(predicted["z_logvar"], logvar.numpy())
+    # every URI form resolves to the same native model
+    run_id = json.loads((tracked["iwae"] / "mlflow_run.json").read_text())["run_id"]
+    for uri in ("models:/tiny-iwae/1", str(tracked["iwae"])):
+        other, _ = load_model(resolve_model_uri(uri))
+        assert torch.equal(other.encode(x)[0], mean)
+    assert run_id
+
+
+def test_compare_lists_latest_run_of_each_variant(mlflow_server, tracked, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    assert main(["compare", "--experiment", "zoo-test", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    header, rows = lines[0].split(","), [dict(zip(lines[0].split(","), ln.split(","))) for ln in lines[1:]]
+    assert "final/nll" in header and "variant" in header
+    assert sorted(r["variant"] for r in rows) == ["iwae", "vae"]
+    for r in rows:
+        results = json.loads((tracked[r["variant"]] / "results.json").read_text())
+        assert float(r["final/nll"]) == pytest.approx(results["nll"], abs=0.01)
+    assert main(["compare", "--experiment", "zoo-test", "--format", "markdown"]) == 0
+    assert capsys.readouterr().out.startswith("| variant | dataset |")
+
+
+def test_killed_and_resumed_run_stays_one_run(mlflow_server, data_folder, tmp_path):
+    env = os.environ | {"MLFLOW_TRACKING_URI": mlflow_server, "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--variant", "vae", "--dataset", str(data_folder),
+           "--output", str(out), "--experiment", "zoo-resume", "--register", "tiny-resume",
+           "--set", "train.epochs=100", *TINY]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline, "no epoch finished in time"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name("zoo-resume")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert runs[0].info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run_id, "test/elbo")}
+    assert steps == set(range(1, 101))
+    lines = [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == list(range(1, 101))
+
+
+def test_ray_training_is_one_run_with_every_epoch(mlflow_server, data_folder, tmp_path, monkeypatch):
+    """Through Ray Train the driver still owns the run: epochs arrive as Ray registers them."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    out = tmp_path / "ray-run"
+    args = [a for a in TINY if a not in ("--num-workers", "0")]
+    assert main(["train", "--variant", "vae", "--dataset", str(data_folder), "--epochs", "3", "--output", str(out),
+                 "--experiment", "zoo-ray", "--no-register", "--num-workers", "1", *args]) == 0
+    client = _client(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("zoo-ray").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/elbo")) == [1, 2, 3]
+    assert client.search_model_versions("name='tiny-ray'") == []
