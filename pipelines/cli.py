@@ -101,6 +101,10 @@ def cmd_train(args) -> int:
                               ray_logs=args.ray_logs, epoch_hook=log_epoch)
     except BaseException as err:
         tracking.end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if not args.resume:
+            from pipelines.local import discard_unstarted_run
+
+            discard_unstarted_run(output)  # no checkpoint yet: leave no half-made run folder behind
         raise
     trained_config = build_config_from_run(output)
     name = None if args.no_register else (args.register or tracking.default_model_name(trained_config))
@@ -150,6 +154,12 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_encode(args) -> int:
+    from pipelines.encode import cmd_encode as run
+
+    return run(args)
+
+
 def cmd_compare(args) -> int:
     from pipelines.compare import format_table, latest_runs
 
@@ -176,6 +186,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--output", required=True, help="PNG file")
     s.add_argument("--seed", type=int, default=0)
+    from pipelines.encode import add_encode_parser
+
+    add_encode_parser(sub)
     c = sub.add_parser("compare", help="the latest run of each variant on the shared test metrics")
     c.add_argument("--experiment", default="vae-zoo", help="MLflow experiment (default vae-zoo)")
     c.add_argument("--format", default="text", choices=["text", "csv", "markdown"])
@@ -183,24 +196,42 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample,
-            "compare": cmd_compare}
+            "compare": cmd_compare, "encode": cmd_encode}
+
+
+def _is_expected(err: BaseException) -> bool:
+    """Bad input or an unusable environment, told in one line: EXPECTED_ERRORS, and MLflow's own
+    errors (a tracking URI it cannot use, a registry it cannot reach)."""
+    if isinstance(err, EXPECTED_ERRORS):
+        return True
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # only if MLflow was imported at all
+    return mlflow_exceptions is not None and isinstance(err, mlflow_exceptions.MlflowException)
+
+
+def _one_line(err: BaseException) -> str:
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    # MLflow announces the creation of a new SQLite store at INFO on stderr: not news to a user.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     args = make_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("vaezoo: interrupted", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as err:
+    except Exception as err:
         # One clear line for bad input; a bug still shows its traceback under VAEZOO_DEBUG=1.
         import os
 
-        if os.environ.get("VAEZOO_DEBUG"):
+        if os.environ.get("VAEZOO_DEBUG") or not _is_expected(err):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"vaezoo {args.command}: error: {message}", file=sys.stderr)
+        print(f"vaezoo {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
 
 
