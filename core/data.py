@@ -6,6 +6,7 @@ worker keeps its copy in memory and batches are plain index lookups, with no loa
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -59,12 +60,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python ints: an int64 product wraps (65536**4 == 0 mod 2**64) and lets a crafted header through.
+    expected = math.prod(dims) * dtype.itemsize
     actual = len(raw) - header
     if actual != expected:
         kind = "truncated" if actual < expected else "has trailing bytes"
         raise DataError(f"{path}: IDX file {kind}: dimensions {dims} need {expected} data bytes, found {actual}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    try:
+        return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    except ValueError as err:  # a zero dimension beside ones too big for numpy ("array is too big")
+        raise DataError(f"{path}: IDX dimensions {dims} cannot be held in an array ({err})") from None
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
@@ -103,14 +108,19 @@ class ImageDataset:
 
 def _find(directory: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
+        try:
+            if (directory / name).is_file():
+                return directory / name
+        except OSError as err:  # a folder we may not search: is_file() raises rather than say False
+            raise DataError(f"{directory}: cannot read the data folder ({err.strerror})") from None
     return None
 
 
 def _images_to_nchw(array: np.ndarray, path: Path) -> torch.Tensor:
     if array.dtype != np.uint8:
-        raise DataError(f"{path}: image IDX files must hold uint8 pixels, found {array.dtype}")
+        # Float images (IDX type 0x0D/0x0E) are refused whole: their scale (0..1 or 0..255) is
+        # unknown and they may hold NaN or Inf; datasets are uint8 from end to end.
+        raise DataError(f"{path}: image IDX files must hold uint8 pixels (0..255), found {array.dtype.name}")
     if array.ndim == 3:
         array = array[:, None]
     elif array.ndim == 4 and array.shape[-1] in (1, 3, 4):
@@ -136,6 +146,8 @@ def load_idx_split(directory: str | os.PathLike, split: str, name: str | None = 
         raw = read_idx(label_path)
         if raw.ndim != 1 or raw.shape[0] != images.shape[0]:
             raise DataError(f"{label_path}: {raw.shape[0] if raw.ndim else 0} labels for {images.shape[0]} images")
+        if raw.dtype.kind not in "iu":  # a float label (NaN, 2.7) would be cast silently to some int
+            raise DataError(f"{label_path}: labels must be integers, found {raw.dtype.name}")
         labels = torch.from_numpy(raw.astype(np.int64))  # astype copies: writable
         if labels.numel() and labels.min() < 0:
             raise DataError(f"{label_path}: negative label {int(labels.min())}")

@@ -101,9 +101,16 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     meta = read_metadata(directory)
     try:
         config = RunConfig.from_dict(meta["config"])
-        variant = build_variant(config, DataShape(*meta["data_shape"]), int(meta["num_classes"]))
-    except (ConfigError, KeyError, TypeError) as err:
-        raise ModelLoadError(f"{directory / CONFIG_FILE}: {err}") from None
+        shape, num_classes = meta["data_shape"], meta["num_classes"]
+        if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and v >= 1 for v in shape)):
+            raise ModelLoadError(f"data_shape must be 3 positive integers (channels, height, width), got {shape!r}")
+        if type(num_classes) is not int or num_classes < 0:
+            raise ModelLoadError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+        variant = build_variant(config, DataShape(*shape), num_classes)
+    except KeyError as err:
+        raise ModelLoadError(f"{directory / CONFIG_FILE}: no {err} entry") from None
+    except (ValueError, TypeError, RuntimeError) as err:  # ConfigError and ModelLoadError are ValueErrors
+        raise ModelLoadError(f"{directory / CONFIG_FILE}: {_first_line(err)}") from None
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelLoadError(f"{directory}: {WEIGHTS_FILE} missing")
@@ -115,12 +122,53 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     return variant.to(device).eval(), config
 
 
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+CHECKPOINT_KEYS = ("epoch", "model", "optimizers", "schedulers", "config")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint (`checkpoints/last.pt`) read with `torch.load(weights_only=True)`:
+    a file that holds pickled code, is corrupt or is not a vae-zoo checkpoint is refused with one
+    line naming it (torch's own message for a refused pickle is a page that suggests turning the
+    protection off)."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as err:
+        detail = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln), "")
+        raise ModelLoadError(f"{path}: refused: it holds pickled objects other than weights, and checkpoints are "
+                             f"loaded weights-only" + (f" ({detail})" if detail else "")) from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            zipfile.BadZipFile, UnicodeDecodeError) as err:
+        # torch.load reports a damaged file in many shapes: "[Errno 22]", KeyError(101), EOFError...
+        raise ModelLoadError(f"{path}: not a readable checkpoint (corrupt or truncated: "
+                             f"{type(err).__name__}: {_first_line(err)})") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        found = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
+        raise ModelLoadError(f"{path}: not a vae-zoo training checkpoint (needs {', '.join(CHECKPOINT_KEYS)}; "
+                             f"found {found})")
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise ModelLoadError(f"{path}: its 'model' entry is not a dict of tensors")
+    if not isinstance(state["config"], dict) or isinstance(state["epoch"], bool) or not isinstance(state["epoch"], int):
+        raise ModelLoadError(f"{path}: its 'config' or 'epoch' entry is malformed")
+    return state
+
+
 def load_state(variant: Variant, state: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict with one readable error for a checkpoint of another variant or shape."""
     own = variant.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]  # model order: the same message each time
     if missing or unexpected or wrong:
         parts = []
         if missing:

@@ -17,8 +17,8 @@ from typing import Any, Callable
 from core.config import RunConfig
 from core.data import prepare_data
 from core.evaluation import evaluate
-from core.serialization import save_model
-from core.training import load_checkpoint, print_report, save_checkpoint, train
+from core.serialization import build_variant, load_state, read_checkpoint, save_model
+from core.training import print_report, save_checkpoint, train
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
@@ -35,11 +35,39 @@ def prepare_output(output: Path, resume: bool) -> dict[str, Any] | None:
     if resume:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
-        return load_checkpoint(checkpoint)
+        return read_checkpoint(checkpoint)  # weights only; one clear line for a bad file
     # The MLflow run record is written first (the run opens before training starts).
     if output.exists() and any(p.name != "mlflow_run.json" for p in output.iterdir()):
         raise FileExistsError(f"output folder {output} is not empty: choose another --output, or pass --resume to continue it")
     return None
+
+
+# What a run folder holds before its first checkpoint: nothing a --resume could continue from.
+_BEFORE_FIRST_CHECKPOINT = {"mlflow_run.json", "run_config.yaml", "ray_run.json"}
+
+
+def discard_unstarted_run(output: Path) -> bool:
+    """After a failed start (bad data, a bad option found late): remove what this run wrote to
+    `output` if no checkpoint was written, so the folder is not left half made and the same
+    command can run again. Anything else in the folder (a checkpoint, Ray's storage, the user's
+    files) keeps it all. Returns whether the folder was cleaned."""
+    output = Path(output)
+    if not output.is_dir():
+        return False
+    entries = list(output.iterdir())
+    for entry in entries:
+        if entry.name == CHECKPOINT.parent.name and entry.is_dir() and not entry.is_symlink():
+            if any(entry.iterdir()):
+                return False
+        elif entry.name not in _BEFORE_FIRST_CHECKPOINT or not entry.is_file():
+            return False
+    for entry in entries:
+        entry.rmdir() if entry.is_dir() else entry.unlink()
+    try:
+        output.rmdir()
+    except OSError:
+        pass
+    return True
 
 
 def keep_epochs_up_to(metrics_file: Path, last_epoch: int) -> None:
@@ -57,10 +85,13 @@ def run_local(config: RunConfig, output: Path, resume: bool = False, final_nll_s
     state = prepare_output(output, resume)
     if state is not None:
         config = RunConfig.from_dict(state["config"])  # a resumed run keeps its own config
+    d = config.data
+    # The data first: a bad path or file fails before anything is written to the run folder.
+    data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
+    if state is not None:  # its data may have changed since: say so naming the file, before writing anything
+        load_state(build_variant(config, data.shape, data.num_classes), state["model"], str(output / CHECKPOINT))
     (output / CHECKPOINT.parent).mkdir(parents=True, exist_ok=True)
     (output / "run_config.yaml").write_text(config.to_yaml())
-    d = config.data
-    data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
 
     metrics_file = output / "metrics.jsonl"
     if state is not None:

@@ -131,6 +131,18 @@ def log_final(uri: str, run_id: str, results: dict[str, Any], history: list[dict
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in final.items()])
 
 
+def backfill_epochs(uri: str, run_id: str, history: list[dict[str, Any]]) -> None:
+    """Log the epochs of the run folder's history that MLflow lacks. A kill can land after an
+    epoch's checkpoint is written but before its metrics reach MLflow; the resumed run starts
+    after that epoch, so without this its step would be missing."""
+    client = _client(uri)
+    logged = {m.step for m in client.get_metric_history(run_id, "train/elbo")}
+    logger = EpochLogger(uri, run_id)
+    for metrics in history:
+        if int(metrics["epoch"]) not in logged:
+            logger(metrics)
+
+
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status)
 
@@ -171,6 +183,7 @@ def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -
     history = [json.loads(ln) for ln in (output / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     results = json.loads((output / "results.json").read_text())
     client = _client(uri)
+    backfill_epochs(uri, run_id, history)
     log_final(uri, run_id, results, history)
     for path in write_artifacts(variant, test_set, history, output / "artifacts", seed=config.train.seed):
         client.log_artifact(run_id, str(path), "plots")

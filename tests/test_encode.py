@@ -184,11 +184,11 @@ def test_readable_by_pyarrow_pandas_polars_duckdb(fashion_output):
     assert all(len(v) == LATENT_DIM for v in frame["z_mean"].head(50))
     assert str(frame["label"].dtype) in ("int64", "Int64")
 
-    polars = pytest.importorskip("polars")
+    import polars
     pl_frame = polars.read_parquet(out / "*.parquet")
     assert pl_frame.height == 10_000 and pl_frame["z_mean"].dtype == polars.Array(polars.Float32, LATENT_DIM)
 
-    duckdb = pytest.importorskip("duckdb")
+    import duckdb
     [(rows, ids, width)] = duckdb.sql(f"SELECT count(*), count(DISTINCT id), max(len(z_logvar)) "
                                       f"FROM read_parquet('{out}/*.parquet')").fetchall()
     assert (rows, ids, width) == (10_000, 10_000, LATENT_DIM)
@@ -259,7 +259,7 @@ def test_parquet_uint8_arrays_without_labels_and_image_folder(ray_session, model
 def test_registered_model_by_alias_records_name_and_version(ray_session, model_dir, model, fashion_test, tmp_path,
                                                             monkeypatch):
     """`--model models:/NAME@ALIAS`: the registry's copy is encoded with, and its version is recorded."""
-    mlflow = pytest.importorskip("mlflow")
+    import mlflow
     from pipelines.mlflow_model import log_model, register
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("ray")
+import ray  # noqa: F401
 
 from core.data import write_idx  # noqa: E402
 

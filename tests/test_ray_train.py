@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-ray = pytest.importorskip("ray")
+import ray
 
 from core.config import RunConfig  # noqa: E402
 from core.data import prepare_data, to_float, write_idx  # noqa: E402
