@@ -230,8 +230,11 @@ class _EpochPrinter:
 
 
 def _connect(address: str | None, num_cpus: float, ray_logs: bool) -> bool:
-    """Join `address` (or $RAY_ADDRESS), or start a local cluster; True when this call connected
-    (and so should disconnect). An already initialised Ray (tests, notebooks) is used as is."""
+    """Join `address` (or $RAY_ADDRESS), or start a local cluster; True when this call started a
+    local cluster (and so should stop it). An already initialised Ray (tests, notebooks) is used
+    as is. A joined cluster is left connected until the process exits: a Ray job's driver runs in
+    the job's unpacked working directory, which Ray deletes when the driver disconnects, and the
+    final evaluation and MLflow logging still run there."""
     import logging
 
     import ray
@@ -245,10 +248,21 @@ def _connect(address: str | None, num_cpus: float, ray_logs: bool) -> bool:
              "logging_config": ray.LoggingConfig(log_level="ERROR")}
     if address:
         ray.init(address=address, **quiet)
+        return False
     else:
         # "local", not None: None would join whatever cluster `ray start` last recorded on this host.
         ray.init(address="local", num_cpus=max(4, int(-(-num_cpus // 1))), include_dashboard=False, **quiet)
     return True
+
+
+def _restore_working_directory(path: str, fallback: Path) -> None:
+    """A Ray job's driver runs in the job's unpacked working directory, which Ray may replace
+    while the job runs; the process is then left in a deleted folder and os.getcwd() fails (torch
+    calls it on import). Re-enter the folder by its path, or the run folder if it is gone."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir(path if os.path.isdir(path) else fallback)
 
 
 def _new_run_name(config: RunConfig) -> str:
@@ -327,6 +341,7 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     # The controller polls workers for reports every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
     # default) and a worker's report queue holds one entry: short epochs would wait on the poll.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    working_directory = os.getcwd()
     connected = _connect(address, num_workers * cpus_per_worker, ray_logs)
     try:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -366,6 +381,7 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     finally:
         if connected:
             ray.shutdown()
+        _restore_working_directory(working_directory, output)
 
     final = _load_ray_checkpoint(result.checkpoint) if result.checkpoint is not None else state
     if final is None:

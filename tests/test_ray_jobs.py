@@ -194,7 +194,10 @@ def test_two_nodes_train_with_one_worker_each(cluster, data, tmp_path):
 def test_ray_job_submit_logs_every_epoch(cluster, data, tmp_path):
     out = tmp_path / "job-run"
     job_id = f"vaezoo-test-{uuid.uuid4().hex[:8]}"
-    runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1"}, "excludes": ["runs/", "*.safetensors"]}
+    # The job runs in an unpacked copy of the working directory: track into a database by absolute path.
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking},
+                   "excludes": ["runs/", "*.safetensors", "mlflow.db", "mlartifacts/"]}
     submit = cluster.run(["ray", "job", "submit", "--address", cluster.dashboard, "--submission-id", job_id,
                           "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
                           "python", "-m", "pipelines.cli", *train_args(data, out, epochs=3)], timeout_s=400)
