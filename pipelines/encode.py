@@ -65,6 +65,7 @@ import struct
 import sys
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,6 +92,11 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 class EncodeError(ValueError):
     """Bad input, in one line that names the file and, where it is one row's fault, the row."""
+
+
+def _flat(err: BaseException) -> str:
+    """An exception's message on one line (Arrow's can span several)."""
+    return " ".join(str(err).split())
 
 
 class EncodeFailed(RuntimeError):
@@ -176,7 +182,7 @@ def _idx_header(path: Path) -> tuple[Any, tuple[int, ...], np.dtype, int, bool]:
         dims_raw = stream.read(4 * ndim)
         if len(dims_raw) < 4 * ndim:
             raise EncodeError(f"{path}: truncated IDX header")
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: damaged deflate data
         stream.close()
         raise EncodeError(f"{path}: corrupt gzip data ({err})") from None
     except EncodeError:
@@ -345,8 +351,8 @@ def _plan_parquet(files: list[Path], shape, image_column: str, label_column: str
         try:
             meta = pq.ParquetFile(path).metadata
             schema = meta.schema.to_arrow_schema()
-        except (OSError, pa.ArrowException) as err:
-            raise EncodeError(f"{path}: not a readable Parquet file ({err})") from None
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as err:  # a damaged name: not UTF-8
+            raise EncodeError(f"{path}: not a readable Parquet file ({_flat(err)})") from None
         if schema.get_field_index(image_column) < 0:
             cols = ", ".join(schema.names)
             raise EncodeError(f"{path}: no image column {image_column!r} (columns: {cols}); choose one with --image-column")
@@ -520,13 +526,16 @@ def _read_idx_part(part: Part, shape) -> Iterator[pa.Table]:
         if part.start:
             stream.seek(header + part.start * row_bytes)
             if lstream is not None:
-                lstream.seek(lheader + part.start * ldtype.itemsize)
+                try:
+                    lstream.seek(lheader + part.start * ldtype.itemsize)
+                except (OSError, EOFError, zlib.error) as err:
+                    raise EncodeError(f"{part.label_path}: corrupt gzip data ({err})") from None
         step = _rows_per_block(shape)
         for s in range(0, part.rows, step):
             k = min(step, part.rows - s)
             try:
                 raw = stream.read(k * row_bytes)
-            except (OSError, EOFError) as err:
+            except (OSError, EOFError, zlib.error) as err:
                 raise EncodeError(f"{path}: corrupt gzip data after row {part.start + s} ({err})") from None
             if len(raw) < k * row_bytes:
                 raise EncodeError(f"{path}: truncated IDX data: row {part.start + s + len(raw) // row_bytes} "
@@ -536,7 +545,10 @@ def _read_idx_part(part: Part, shape) -> Iterator[pa.Table]:
                 pixels = pixels.transpose(0, 3, 1, 2)
             labels = None
             if lstream is not None:
-                lraw = lstream.read(k * ldtype.itemsize)
+                try:
+                    lraw = lstream.read(k * ldtype.itemsize)
+                except (OSError, EOFError, zlib.error) as err:
+                    raise EncodeError(f"{part.label_path}: corrupt gzip data after row {part.start + s} ({err})") from None
                 if len(lraw) < k * ldtype.itemsize:
                     raise EncodeError(f"{part.label_path}: truncated IDX data at row {part.start + s}")
                 labels = np.frombuffer(lraw, dtype=ldtype).astype(np.int64)
@@ -590,16 +602,16 @@ def _read_parquet_part(part: Part, shape, image_column: str, label_column: str) 
         pf = pq.ParquetFile(path)
         batches = pf.iter_batches(batch_size=_rows_per_block(shape), row_groups=list(part.row_groups),
                                   columns=columns, use_threads=False)
-    except (OSError, pa.ArrowException) as err:
-        raise EncodeError(f"{path}: cannot read ({err})") from None
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as err:
+        raise EncodeError(f"{path}: cannot read ({_flat(err)})") from None
     done = 0
     while True:
         try:
             batch = next(batches)
         except StopIteration:
             break
-        except (OSError, pa.ArrowException) as err:
-            raise EncodeError(f"{path}: cannot read the rows after row {part.start + done} ({err})") from None
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as err:
+            raise EncodeError(f"{path}: cannot read the rows after row {part.start + done} ({_flat(err)})") from None
         k = batch.num_rows
         base_row, base_id = part.start + done, part.first_id + done
         where = lambda i: f"{path}: row {base_row + i} (id {base_id + i})"  # noqa: E731
@@ -627,7 +639,7 @@ def _read_parquet_part(part: Part, shape, image_column: str, label_column: str) 
             try:
                 labels = pc.cast(labels, pa.int64())
             except pa.ArrowInvalid as err:
-                raise EncodeError(f"{path}: label column {label_column!r} near row {base_row}: {err}") from None
+                raise EncodeError(f"{path}: label column {label_column!r} near row {base_row}: {_flat(err)}") from None
         ids = np.arange(base_id, base_id + k, dtype=np.int64)
         yield _pixel_block(ids, labels, pixels)
         done += k
@@ -850,7 +862,7 @@ def _check_replaceable(output: Path) -> None:
         if entry.is_file() and entry.suffix == ".parquet":
             try:
                 meta = pq.read_schema(entry).metadata or {}
-            except (OSError, pa.ArrowException):
+            except (OSError, pa.ArrowException, UnicodeDecodeError):
                 meta = {}
             if META_KEY in meta:
                 continue
