@@ -84,6 +84,8 @@ def cmd_train(args) -> int:
         raise ValueError(f"{', '.join(ray_only)}: only for training on Ray, not with --num-workers 0")
     if not args.resume:
         prepare_output(output, resume=False)  # refuse a used folder before an MLflow run is opened
+    elif not ((output / "checkpoints" / "last.pt").is_file() or (output / "ray_run.json").is_file()):
+        raise FileNotFoundError(f"--resume: {output} holds no checkpoint and no Ray run to continue")
     # One MLflow run per training: opened here, continued by --resume, logged each epoch by the
     # driver (in-process, or as Ray registers the epoch), closed with the model and pictures.
     uri, run_id = tracking.open_run(config, output, args.resume, args.experiment)

@@ -18,10 +18,13 @@ def latest_runs(uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) ->
     if exp is None:
         raise ValueError(f"no MLflow experiment named {experiment!r} at {uri or tracking_uri()}")
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=5000):
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=5000)
+    # A failed or running run must not hide the last finished one: finished runs first, newest first.
+    runs = sorted(runs, key=lambda r: r.info.status != "FINISHED")
+    for run in runs:
         key = (run.data.tags.get("variant", "?"), run.data.tags.get("dataset", "?"))
         if key in rows:
-            continue  # newest first: the first seen is the latest
+            continue  # the first seen is the latest finished (or, if none finished, the latest)
         row = {"variant": key[0], "dataset": key[1], "run_id": run.info.run_id, "status": run.info.status,
                "epochs": run.data.params.get("train.epochs", "")}
         row.update({m: run.data.metrics.get(m) for m in SHARED_METRICS})
