@@ -70,6 +70,18 @@ def discard_unstarted_run(output: Path) -> bool:
     return True
 
 
+def finish_training(variant, config: RunConfig, data, output: Path, final_nll_samples: int,
+                    train_seconds: float) -> dict[str, Any]:
+    """Final test evaluation, then the model and results.json into the run folder (both backends)."""
+    results = evaluate(variant, data.test, nll_samples=final_nll_samples, batch_size=config.train.eval_batch_size,
+                       progress=config.train.progress)
+    results.update(nll_samples=final_nll_samples, binarize=config.data.binarize, train_seconds=round(train_seconds, 1),
+                   test_examples=len(data.test))
+    save_model(variant, config, output, extra={"test_metrics": results})
+    (output / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    return results
+
+
 def keep_epochs_up_to(metrics_file: Path, last_epoch: int) -> None:
     if not metrics_file.exists():
         return
@@ -110,10 +122,4 @@ def run_local(config: RunConfig, output: Path, resume: bool = False, final_nll_s
     started = time.perf_counter()
     variant = train(config, report=report, resume=state, data=data)
     train_seconds = time.perf_counter() - started
-    results = evaluate(variant, data.test, nll_samples=final_nll_samples, batch_size=config.train.eval_batch_size,
-                       progress=config.train.progress)
-    results.update(nll_samples=final_nll_samples, binarize=d.binarize, train_seconds=round(train_seconds, 1),
-                   test_examples=len(data.test))
-    save_model(variant, config, output, extra={"test_metrics": results})
-    (output / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    return results
+    return finish_training(variant, config, data, output, final_nll_samples, train_seconds)

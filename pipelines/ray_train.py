@@ -44,10 +44,9 @@ import torch
 
 from core.config import RunConfig
 from core.data import prepare_data
-from core.evaluation import evaluate
-from core.serialization import build_variant, load_state, save_model
+from core.serialization import build_variant, load_state
 from core.training import load_checkpoint, print_report, save_checkpoint, train
-from pipelines.local import CHECKPOINT, keep_epochs_up_to, prepare_output
+from pipelines.local import CHECKPOINT, finish_training, keep_epochs_up_to, prepare_output
 
 RAY_RUN = "ray_run.json"
 DEFAULT_STORAGE = "ray_results"
@@ -393,10 +392,4 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
 
     variant = build_variant(config, data.shape, data.num_classes)
     load_state(variant, final["model"], str(output / CHECKPOINT))
-    results = evaluate(variant, data.test, nll_samples=final_nll_samples, batch_size=config.train.eval_batch_size,
-                       progress=config.train.progress)
-    results.update(nll_samples=final_nll_samples, binarize=d.binarize, train_seconds=round(train_seconds, 1),
-                   test_examples=len(data.test))
-    save_model(variant, config, output, extra={"test_metrics": results})
-    (output / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    return results
+    return finish_training(variant, config, data, output, final_nll_samples, train_seconds)
