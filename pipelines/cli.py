@@ -1,4 +1,4 @@
-"""The `vaezoo` command line: variants, train, evaluate, sample, compare, encode."""
+"""The `vaezoo` command line: variants, train, evaluate, sample, compare, encode, quality."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,30 @@ def _train_parser(sub) -> None:
                    help="restarts of a failed worker group from the last checkpoint (default 0; -1: no limit)")
     r.add_argument("--ray-logs", action="store_true",
                    help="also forward Ray's worker and controller logs to this console (default: one line per epoch)")
+
+
+def _quality_parser(sub) -> None:
+    p = sub.add_parser("quality", help="train every variant on one budget and check its paper's claims",
+                       description="The quality benchmark (benchmarks/quality.py): every variant and its paper's "
+                                   "baseline on the same budget, test NLL/ELBO/KL/active units, the papers' claims "
+                                   "checked. Results per model in --out; a rerun continues.")
+    p.add_argument("--out", default="quality", help="results folder (default ./quality); reruns continue it")
+    p.add_argument("--suites", default="burda,dvae,m2,cvae,zoo", help="comma-separated, from burda, dvae, m2, cvae, zoo (default all)")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (Debian package), mnist, or an IDX folder")
+    p.add_argument("--data-dir", help="folder of MNIST-layout IDX files for --dataset (e.g. MNIST's)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs of every model (default 5)")
+    p.add_argument("--nll-samples", type=int, default=5000, help="importance samples of the test NLL (default 5000)")
+    p.add_argument("--nll-examples", type=int, default=1000, help="test images the NLL averages over (default 1000)")
+    p.add_argument("--iwae-k", default="1,5,50", help="k values of the burda suite (default 1,5,50)")
+    p.add_argument("--m2-labels", default="100,600,1000,3000", help="label counts of the m2 suite")
+    p.add_argument("--train-limit", type=int, help="use only the first N training images (quick runs)")
+    p.add_argument("--test-limit", type=int, help="use only the first N test images (quick runs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every model, e.g. --set model.latent_dim=50")
+    p.add_argument("--force", action="store_true", help="retrain models whose results exist")
+    p.add_argument("--no-figures", action="store_true", help="skip the sample and completion PNGs")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown instead of JSON")
 
 
 def build_config(args):
@@ -162,6 +186,12 @@ def cmd_encode(args) -> int:
     return run(args)
 
 
+def cmd_quality(args) -> int:
+    from pipelines.quality import command
+
+    return command(args)
+
+
 def cmd_compare(args) -> int:
     from pipelines.compare import format_table, latest_runs
 
@@ -174,6 +204,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("variants", help="list the variants with their papers")
     _train_parser(sub)
+    _quality_parser(sub)
     e = sub.add_parser("evaluate", help="test metrics of a saved model, as JSON")
     e.add_argument("--model", required=True, help="a model folder (`vaezoo train --output`), models:/NAME@ALIAS, "
                                                   "models:/NAME/VERSION or runs:/RUN_ID/model")
@@ -198,7 +229,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample,
-            "compare": cmd_compare, "encode": cmd_encode}
+            "compare": cmd_compare, "encode": cmd_encode, "quality": cmd_quality}
 
 
 def _is_expected(err: BaseException) -> bool:
