@@ -982,22 +982,14 @@ def _quiet_ray_data_errors():
 # -- the job ---------------------------------------------------------------------------------------
 
 def _connect(address: str | None, num_workers: int) -> bool:
-    """Join `address` (or $RAY_ADDRESS) or start a local cluster; True when this call did (and so
-    must disconnect). An initialised Ray (tests, notebooks) is used as it is."""
-    import ray
+    """Join `address` (or $RAY_ADDRESS) or start a local cluster listening on 127.0.0.1
+    (pipelines/ray_connect.py); True when this call did (and so must disconnect). An initialised
+    Ray (tests, notebooks) is used as it is."""
+    from pipelines.ray_connect import connect
 
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": bool(os.environ.get("VAEZOO_DEBUG")),
-             "logging_config": ray.LoggingConfig(log_level="ERROR")}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        # "local": never join whatever cluster `ray start` last recorded on this host. Logical CPUs
-        # beyond the cores keep read tasks running beside the actor pool on small machines.
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1, num_workers + 2), include_dashboard=False, **quiet)
-    return True
+    # Logical CPUs beyond the cores keep read tasks running beside the actor pool on small machines.
+    num_cpus = max(4, os.cpu_count() or 1, num_workers + 2)
+    return connect(address, num_cpus=num_cpus, log_to_driver=bool(os.environ.get("VAEZOO_DEBUG"))) != "existing"
 
 
 def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLike, *, split: str | None = None,

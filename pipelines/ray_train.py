@@ -229,29 +229,15 @@ class _EpochPrinter:
 
 
 def _connect(address: str | None, num_cpus: float, ray_logs: bool) -> bool:
-    """Join `address` (or $RAY_ADDRESS), or start a local cluster; True when this call started a
-    local cluster (and so should stop it). An already initialised Ray (tests, notebooks) is used
-    as is. A joined cluster is left connected until the process exits: a Ray job's driver runs in
-    the job's unpacked working directory, which Ray deletes when the driver disconnects, and the
-    final evaluation and MLflow logging still run there."""
-    import logging
+    """Join `address` (or $RAY_ADDRESS), or start a local cluster listening on 127.0.0.1
+    (pipelines/ray_connect.py); True when this call started a local cluster (and so should stop
+    it). An already initialised Ray (tests, notebooks) is used as is. A joined cluster is left
+    connected until the process exits: a Ray job's driver runs in the job's unpacked working
+    directory, which Ray deletes when the driver disconnects, and the final evaluation and MLflow
+    logging still run there."""
+    from pipelines.ray_connect import connect
 
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    # Ray's own loggers at ERROR in this job's processes: without a dashboard (no State API) Ray
-    # Train's placement-group cleaner would log a warning every second.
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": ray_logs,
-             "logging_config": ray.LoggingConfig(log_level="ERROR")}
-    if address:
-        ray.init(address=address, **quiet)
-        return False
-    else:
-        # "local", not None: None would join whatever cluster `ray start` last recorded on this host.
-        ray.init(address="local", num_cpus=max(4, int(-(-num_cpus // 1))), include_dashboard=False, **quiet)
-    return True
+    return connect(address, num_cpus=max(4, int(-(-num_cpus // 1))), log_to_driver=ray_logs) == "started"
 
 
 def _restore_working_directory(path: str, fallback: Path) -> None:

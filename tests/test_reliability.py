@@ -13,9 +13,9 @@
 * A checkpoint holding a pickled payload is refused by `--resume` without running it.
 * No code path unpickles: an AST scan of core/, variants/ and pipelines/ finds no unpickler and no
   torch.load without weights_only=True.
-* Servers: the local Ray cluster the pipelines start has no dashboard and should listen on
-  loopback (known gap: Ray's local cluster listens on the node's address; see the issue note); the `mlflow server` / `mlflow ui` /
-  `ray start` commands the README and scripts show bind to 127.0.0.1.
+* Servers: the local Ray cluster the pipelines start has no dashboard and listens on 127.0.0.1
+  only (every socket of every process it starts; VAEZOO_RAY_BIND=node opts out); the
+  `mlflow server` / `mlflow ui` / `ray start` commands the README and scripts show bind to 127.0.0.1.
 
 Covered elsewhere: tests/test_serialization.py (a malicious pickle checkpoint and wrong-shape
 weights at the function level), tests/test_mlflow.py::test_killed_and_resumed_run_stays_one_run
@@ -539,11 +539,11 @@ def test_local_ray_cluster_is_started_without_a_dashboard(monkeypatch, module):
 
 
 LISTENERS = r"""
-import json, os, re, subprocess, sys
-from pipelines.ray_train import _connect
+import importlib, json, os, re, subprocess, sys
 import ray
-_connect(None, 1, False)
-ray.get(ray.remote(lambda: 1).remote())
+module, args = sys.argv[1], json.loads(sys.argv[2])
+assert importlib.import_module(module)._connect(*args) is True  # as `vaezoo train` / `vaezoo encode` do
+ray.get(ray.remote(lambda: 1).remote())  # a worker process too
 mine, todo = set(), [os.getpid()]
 while todo:
     pid = todo.pop()
@@ -553,17 +553,70 @@ while todo:
     except OSError:
         pass
 found = []
-for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
     pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
     if pids & mine:
         found.append([line.split()[3], re.findall(r'\(\("([^"]+)"', line)])
+report = {"gcs": ray.get_runtime_context().gcs_address, "nodes": [n["NodeManagerAddress"] for n in ray.nodes()],
+          "listening": found}
 ray.shutdown()
-print(json.dumps(found))
+print("LISTENERS " + json.dumps(report))
 """
+
+
+def _local_cluster_sockets(module: str, args: list, bind: str | None) -> dict:
+    """Start a local cluster through `module`'s `_connect` in a fresh process (no RAY_ADDRESS) and
+    list the TCP sockets that process and its children (GCS, raylet, agents, workers) listen on."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VAEZOO_RAY_BIND")}
+    env.update({"PYTHONPATH": str(REPO)} | ({"VAEZOO_RAY_BIND": bind} if bind else {}))
+    proc = subprocess.run([sys.executable, "-c", LISTENERS, module, json.dumps(args)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("LISTENERS "))
+    report = json.loads(line.split(" ", 1)[1])
+    names = {n for _, procs in report["listening"] for n in procs}
+    assert {"gcs_server", "raylet"} <= names, report  # the listing sees Ray's own servers
+    return report
+
+
+def _host(address: str) -> str:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host.removeprefix("::ffff:")  # an IPv4 address on an IPv6 socket
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
+@pytest.mark.parametrize("module,args", [("pipelines.ray_train", [None, 1, False]), ("pipelines.encode", [None, 1])])
+def test_local_ray_cluster_listens_on_loopback_only(module, args):
+    """The cluster `vaezoo train` / `vaezoo encode` start when given no address: its GCS, node and
+    every socket of every process it runs listen on 127.0.0.1, none on the node's IP or on all
+    interfaces (pipelines/ray_connect.py)."""
+    report = _local_cluster_sockets(module, args, bind=None)
+    assert _host(report["gcs"]) == "127.0.0.1", report
+    assert report["nodes"] == ["127.0.0.1"], report
+    wide = [entry for entry in report["listening"] if _host(entry[0]) != "127.0.0.1"]
+    assert not wide, wide
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
+def test_local_ray_cluster_on_the_node_ip_when_asked():
+    """VAEZOO_RAY_BIND=node gives Ray's own default (the node's IP, and all interfaces), which is
+    also the control showing that the listing above sees a cluster that is not loopback-only."""
+    report = _local_cluster_sockets("pipelines.ray_train", [None, 1, False], bind="node")
+    assert _host(report["gcs"]) != "127.0.0.1", report
+    assert [_host(e[0]) for e in report["listening"] if "gcs_server" in e[1]] != ["127.0.0.1"], report
+
+
+def test_bad_ray_bind_setting_is_one_line(inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VAEZOO_RAY_BIND", "everywhere")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(_train(inputs["good"], tmp_path / "run", "--num-workers", "1")) == 1
+    line = _error_line(capsys.readouterr().err, "train")
+    assert "VAEZOO_RAY_BIND" in line and "'everywhere'" in line, line
+    assert not (tmp_path / "run").exists()
+
+
 def _documented_commands() -> list[tuple[str, list[str]]]:
     """Every `mlflow server`, `mlflow ui` and `ray start` command the README and the scripts show
     (code blocks, inline code, echoed hints), as (file, argv)."""
