@@ -20,9 +20,10 @@ a fixed object store (`--object-store-mib`, 1 GiB) so runs compare; Ray's defaul
 `startup_seconds` gives).
 
     python benchmarks/encode_throughput.py [--sizes 70000,700000] [--workers 1,2] [--loop-threads 0,1]
-                                           [--batch-size 1024] [--object-store-mib 1024]
+                                           [--batch-size 1024] [--object-store-mib 1024] [--no-save]
 
-Prints one JSON document.
+Prints one JSON document and, unless --no-save, merges it into benchmarks/results.json under
+"encode_throughput" with the command line, UTC date and machine (benchmarks/_results.py).
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _results import add_save_argument, emit  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 BASE_ROWS = 70_000
@@ -227,6 +230,7 @@ def main() -> None:
     parser.add_argument("--object-store-mib", type=int, default=1024,
                         help="object store of the local Ray cluster (default 1024; 0: Ray's default, 30%% of memory)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    add_save_argument(parser)
     args = parser.parse_args()
     if args.child:
         mode, model, data, out, workers = args.child
@@ -259,14 +263,14 @@ def main() -> None:
         import ray
         import torch
 
-        print(json.dumps({
+        emit("encode_throughput", {
             "benchmark": "encode_throughput",
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "torch": torch.__version__, "ray": ray.__version__},
             "model": {"variant": "vae", "architecture": "mlp", "hidden_dims": args.hidden, "latent_dim": args.latent},
             "batch_size": args.batch_size, "input": "Fashion-MNIST IDX (gzip), train+test, repeated to size",
             "results": results,
-        }, indent=2))
+        }, args.save)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

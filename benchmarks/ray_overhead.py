@@ -13,10 +13,12 @@ Data: Fashion-MNIST from /usr/share/datasets/fashion-mnist when installed (the f
 `--train-size` images), otherwise synthetic 28x28 IDX files. Model: the default MLP VAE
 (784-400-20, Bernoulli, dynamic binarisation), batch size 128.
 
-    python benchmarks/ray_overhead.py [--train-size 10000] [--epochs 3] [--repeats 2]
+    python benchmarks/ray_overhead.py [--train-size 10000] [--epochs 3] [--repeats 2] [--no-save]
 
 Runs without RAY_ADDRESS (each Ray command starts its own local cluster) unless --address is
-given. Progress goes to stderr; one JSON object to stdout.
+given. Progress goes to stderr; one JSON object to stdout, which (unless --no-save) is also
+merged into benchmarks/results.json under "ray_overhead" with the command line, UTC date and
+machine (benchmarks/_results.py).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import add_save_argument, emit
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -80,6 +84,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each one-epoch overhead command (default 2)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--address", help="a Ray cluster to join instead of starting one per command")
+    add_save_argument(parser)
     args = parser.parse_args()
 
     def log(msg: str) -> None:
@@ -122,14 +127,15 @@ def main() -> None:
 
     import torch
 
-    print(json.dumps({
+    emit("ray_overhead", {
+        "benchmark": "ray_overhead",
         "machine": {"cpus": os.cpu_count(), "torch_threads_in_process": torch.get_num_threads(),
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "setup": {"data": source, "train_size": args.train_size, "batch_size": 128, "model": "mlp 784-400-20 bernoulli",
                   "cpus_per_worker": args.cpus_per_worker, "cluster": args.address or "local, started by each command"},
         "overhead_one_epoch": overhead,
         "throughput": throughput,
-    }, indent=2))
+    }, args.save)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,20 @@
 Both train on grey levels (no binarisation) so they do identical arithmetic; a third row shows
 vaezoo with its default dynamic binarisation. Images per second are measured over the steady
 epochs (the first is a warm-up). The script also measures this machine's fp32 matrix-multiply
-FLOP/s and reports the share of it training reaches.
+FLOP/s (best of 10 products of 2048 x 2048 matrices, benchmarks/_flops.py) and reports the share
+of it training reaches, counting the matmul FLOPs of forward and backward (see
+`train_flops_per_image` there: the weight gradient of every layer and the input gradient of every
+layer but the first; elementwise work is not counted).
 
-    python benchmarks/train_throughput.py [--batch-sizes 128 512] [--epochs 3]
+    python benchmarks/train_throughput.py [--batch-sizes 128 512] [--epochs 3] [--train-images N] [--no-save]
 
-Prints one JSON object.
+Prints one JSON object and, unless --no-save, merges it into benchmarks/results.json under
+"train_throughput" with the command line, UTC date and machine (benchmarks/_results.py).
 """
 from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import shutil
 import tempfile
 import time
@@ -27,24 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _flops import matmul_peak_flops, train_flops_per_image
+from _results import add_save_argument, emit
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 HIDDEN, LATENT, PIXELS = 400, 20, 784
-# Multiply-accumulates per image in one forward pass of the 784-400-20 VAE; training costs
-# forward + backward (about twice the forward), so 3x forward in all, 2 FLOPs per MAC.
-FORWARD_MACS = PIXELS * HIDDEN + HIDDEN * 2 * LATENT + LATENT * HIDDEN + HIDDEN * PIXELS
-TRAIN_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS
-
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+# Matmul FLOPs of one training image (forward + backward, one latent sample): 3.28 MFLOP.
+TRAIN_FLOPS_PER_IMAGE = train_flops_per_image(PIXELS, [HIDDEN], LATENT)
 
 
 class ReferenceVAE(nn.Module):  # the PyTorch examples VAE
@@ -60,10 +52,12 @@ class ReferenceVAE(nn.Module):  # the PyTorch examples VAE
         return self.fc4(F.relu(self.fc3(z))), mu, logvar
 
 
-def reference_throughput(root: Path, batch_size: int, epochs: int) -> float:
+def reference_throughput(root: Path, batch_size: int, epochs: int, images: int | None) -> float:
     from torchvision import datasets, transforms
 
     ds = datasets.FashionMNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
+    if images is not None:
+        ds = torch.utils.data.Subset(ds, range(min(images, len(ds))))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True)
     model = ReferenceVAE()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -83,7 +77,7 @@ def reference_throughput(root: Path, batch_size: int, epochs: int) -> float:
     return sum(rates[1:]) / len(rates[1:])
 
 
-def vaezoo_throughput(batch_size: int, epochs: int, binarize: str) -> float:
+def vaezoo_throughput(batch_size: int, epochs: int, binarize: str, images: int | None) -> float:
     from core.config import RunConfig
     from core.data import prepare_data
     from core.training import train
@@ -91,11 +85,11 @@ def vaezoo_throughput(batch_size: int, epochs: int, binarize: str) -> float:
     cfg = RunConfig.from_dict({
         "variant_name": "vae",
         "model": {"architecture": "mlp", "hidden_dims": [HIDDEN], "latent_dim": LATENT, "likelihood": "bernoulli"},
-        "data": {"dataset": "fashion-mnist", "binarize": binarize, "test_limit": 500},
+        "data": {"dataset": "fashion-mnist", "binarize": binarize, "train_limit": images, "test_limit": 500},
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "progress": False,
                   "eval_nll_samples": 1, "eval_nll_examples": 1},
     })
-    data = prepare_data("fashion-mnist", None, binarize, None, 500)
+    data = prepare_data("fashion-mnist", None, binarize, images, 500)
     rates: list[float] = []
     train(cfg, report=lambda m, c: rates.append(m["train/images_per_sec"]), data=data)
     return sum(rates[1:]) / len(rates[1:])
@@ -118,14 +112,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is warm-up")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="train on the first N images only (a quick run; default: all 60,000)")
+    add_save_argument(parser)
     args = parser.parse_args()
     peak = matmul_peak_flops()
     root = torchvision_root()
     rows = []
     for bs in args.batch_sizes:
-        ref = reference_throughput(root, bs, args.epochs)
-        ours = vaezoo_throughput(bs, args.epochs, "none")
-        dyn = vaezoo_throughput(bs, args.epochs, "dynamic")
+        ref = reference_throughput(root, bs, args.epochs, args.train_images)
+        ours = vaezoo_throughput(bs, args.epochs, "none", args.train_images)
+        dyn = vaezoo_throughput(bs, args.epochs, "dynamic", args.train_images)
         rows.append({
             "batch_size": bs,
             "reference_images_per_sec": round(ref),
@@ -135,9 +132,18 @@ def main() -> None:
             "vaezoo_train_gflops": round(ours * TRAIN_FLOPS_PER_IMAGE / 1e9, 1),
             "share_of_matmul_peak": round(ours * TRAIN_FLOPS_PER_IMAGE / peak, 3),
         })
-    print(json.dumps({"benchmark": "train_throughput", "torch_threads": torch.get_num_threads(),
-                      "matmul_peak_gflops": round(peak / 1e9, 1), "epochs_measured": args.epochs - 1,
-                      "results": rows}, indent=2))
+    # Issue #7's targets: >= 1.25x the reference at batch 128, >= 50% of the matmul peak at batch 512.
+    targets = {}
+    for r in rows:
+        if r["batch_size"] == 128:
+            targets["speedup_vs_reference_at_128_ge_1.25"] = r["speedup_vs_reference"] >= 1.25
+        if r["batch_size"] == 512:
+            targets["share_of_matmul_peak_at_512_ge_0.5"] = r["share_of_matmul_peak"] >= 0.5
+    emit("train_throughput", {"benchmark": "train_throughput", "torch_threads": torch.get_num_threads(),
+                              "matmul_peak_gflops": round(peak / 1e9, 1), "train_mflop_per_image": round(TRAIN_FLOPS_PER_IMAGE / 1e6, 3),
+                              "epochs_measured": args.epochs - 1,
+                              "train_images": args.train_images or 60000, "results": rows,
+                              "targets_met": targets}, args.save)
 
 
 if __name__ == "__main__":
