@@ -44,8 +44,8 @@ import torch
 
 from core.config import RunConfig
 from core.data import prepare_data
-from core.serialization import build_variant, load_state
-from core.training import load_checkpoint, print_report, save_checkpoint, train
+from core.serialization import build_variant, load_state, read_checkpoint
+from core.training import print_report, save_checkpoint, train
 from pipelines.local import CHECKPOINT, finish_training, keep_epochs_up_to, prepare_output
 
 RAY_RUN = "ray_run.json"
@@ -97,9 +97,8 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     state, history = None, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restarted worker group, or a resumed Ray run
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-            history = _read_jsonl(Path(folder) / HISTORY_FILE)
+        state = _load_ray_checkpoint(checkpoint)
+        history = state.pop("_history")
     elif loop_config.get("initial_state") is not None:  # --resume of a run that has no Ray checkpoint
         state = ray.get(loop_config["initial_state"])
         history = list(loop_config.get("initial_history") or [])
@@ -256,8 +255,12 @@ def _new_run_name(config: RunConfig) -> str:
 
 
 def _load_ray_checkpoint(checkpoint) -> dict[str, Any]:
+    """The core loop's checkpoint inside a Ray checkpoint, with the metric history that led to it
+    under "_history". Read like every checkpoint (core.serialization.read_checkpoint: weights
+    only, one line naming the file when it is damaged or holds pickled code): `--resume` reads
+    whatever storage the run folder points at."""
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = read_checkpoint(Path(folder) / STATE_FILE)
         state["_history"] = _read_jsonl(Path(folder) / HISTORY_FILE)
     return state
 
@@ -293,7 +296,7 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     if resume:
         info = json.loads(info_file.read_text()) if info_file.is_file() else None
         if (output / CHECKPOINT).is_file():
-            state = load_checkpoint(output / CHECKPOINT)
+            state = read_checkpoint(output / CHECKPOINT)  # weights only; one clear line for a bad file
         if info is None and state is None:
             raise FileNotFoundError(f"--resume: no checkpoint at {output / CHECKPOINT} and no Ray run in {output}")
         if state is not None:

@@ -411,6 +411,47 @@ def test_damaged_checkpoint_on_resume_is_one_line(finished_run, tmp_path, capsys
     assert after == before  # nothing else touched
 
 
+@pytest.mark.parametrize("damage", ["pickled-code", "garbage"])
+def test_ray_resume_reads_checkpoints_weights_only_with_one_line(finished_run, tmp_path, damage):
+    """The Ray backend reads a checkpoint the user points at in two places: the run folder's
+    checkpoints/last.pt (run_ray --resume, before Ray starts) and the state.pt inside Ray's own
+    checkpoints (the workers on a restart or resume, the driver after fit). Both go through
+    core.serialization.read_checkpoint: pickled code is refused unrun, damage is one line naming
+    the file; a good checkpoint still loads (control)."""
+    import ray.train
+
+    from core.serialization import ModelLoadError
+    from pipelines.ray_train import STATE_FILE, _load_ray_checkpoint, run_ray
+
+    marker = tmp_path / "pwned"
+    bad = _malicious_run(tmp_path, marker) / "checkpoints" / "last.pt"
+    if damage == "garbage":
+        bad.write_bytes(b"hello, world")
+    expected = "refused" if damage == "pickled-code" else "not a readable checkpoint"
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    shutil.copy(bad, out / "checkpoints" / "last.pt")
+    with pytest.raises(ModelLoadError) as err:
+        run_ray(_config("vae", Path("unused")), out, resume=True)
+    assert str(out / "checkpoints" / "last.pt") in str(err.value) and expected in str(err.value), err.value
+    assert len(str(err.value).splitlines()) == 1 and not marker.exists()
+    assert not (out / "ray_run.json").exists()  # refused before anything was written or started
+
+    folder = tmp_path / "epoch_0001"
+    folder.mkdir()
+    shutil.copy(bad, folder / STATE_FILE)
+    with pytest.raises(ModelLoadError) as err:
+        _load_ray_checkpoint(ray.train.Checkpoint.from_directory(str(folder)))
+    assert str(folder / STATE_FILE) in str(err.value) and expected in str(err.value), err.value
+    assert not marker.exists()
+
+    shutil.copy(finished_run / "checkpoints" / "last.pt", folder / STATE_FILE)  # control: a good one loads
+    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    state = _load_ray_checkpoint(ray.train.Checkpoint.from_directory(str(folder)))
+    assert state["epoch"] == 1 and state["_history"] == [{"epoch": 1}]
+
+
 def test_resume_when_the_data_changed_shape_is_one_line(inputs, tmp_path, capsys):
     """The checkpoint's model was 8x8; its dataset folder now holds 12x12 images."""
     from pipelines.local import run_local
