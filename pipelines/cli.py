@@ -68,15 +68,21 @@ def _quality_parser(sub) -> None:
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown instead of JSON")
 
 
+# The config field each `vaezoo train` flag sets.
+TRAIN_FLAGS = {"variant": "variant_name", "dataset": "data.dataset", "data_dir": "data.data_dir", "epochs": "train.epochs",
+               "batch_size": "train.batch_size", "latent_dim": "model.latent_dim", "seed": "train.seed"}
+
+
+def _given_flags(args) -> dict[str, object]:
+    return {field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
+
+
 def build_config(args):
     from core.config import RunConfig, parse_override
 
     config = RunConfig.from_file(args.config) if args.config else RunConfig()
     overrides = dict(parse_override(item) for item in args.set)
-    flags = {"variant_name": args.variant, "data.dataset": args.dataset, "data.data_dir": args.data_dir,
-             "train.epochs": args.epochs, "train.batch_size": args.batch_size, "model.latent_dim": args.latent_dim,
-             "train.seed": args.seed}
-    flags = {k: v for k, v in flags.items() if v is not None}
+    flags = _given_flags(args)
     if args.no_progress:
         flags["train.progress"] = False
     if "variant_name" in flags and flags["variant_name"] != config.variant_name:
@@ -84,6 +90,64 @@ def build_config(args):
         raw = config.to_dict() | {"variant_name": flags.pop("variant_name"), "variant": {}}
         config = RunConfig.from_dict(raw)
     return config.with_overrides(flags | overrides)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _same_value(field: str, given: object, kept: object) -> bool:
+    if given == kept:
+        return True
+    if field in ("data.dataset", "data.data_dir") and isinstance(given, str) and isinstance(kept, str):
+        try:  # the same folder by another path (Ray runs record data folders as absolute paths)
+            return Path(given).resolve() == Path(kept).resolve() and Path(given).exists()
+        except OSError:
+            return False
+    return False
+
+
+def refuse_conflicting_resume_flags(args, output: Path) -> None:
+    """`--resume` continues a run with the config its checkpoint holds. A config flag, --set or
+    --config that asks for something else is refused, naming the field, instead of being
+    silently ignored. That includes --epochs: the resumed run trains to the checkpoint's
+    train.epochs (the loop, its LR schedule and the MLflow run's logged params are all fixed by
+    that config), so training longer is a new run, not a resume. --no-progress and the flags
+    that are not config (--num-workers, --final-nll-samples, MLflow and Ray options) may differ."""
+    from core.config import RunConfig, parse_override
+    from core.serialization import read_checkpoint
+
+    checkpoint = output / "checkpoints" / "last.pt"
+    if checkpoint.is_file():
+        kept = RunConfig.from_dict(read_checkpoint(checkpoint)["config"])  # weights only; one line for a bad file
+    elif (output / "run_config.yaml").is_file():  # a Ray run killed before its first checkpoint was copied
+        kept = RunConfig.from_file(output / "run_config.yaml")
+    else:
+        return
+    flags = _given_flags(args)
+    sets = dict(parse_override(item) for item in args.set)
+    labels = {field: f"--{dest.replace('_', '-')} {getattr(args, dest)}" for dest, field in TRAIN_FLAGS.items()
+              if field in flags}
+    labels.update({field: f"--set {field}={value}" for field, value in sets.items()})
+    if "variant_name" in flags and flags["variant_name"] != kept.variant_name:
+        asked = flags
+    elif args.config:
+        asked = _flatten(build_config(args).to_dict())
+    else:  # only what was given is compared: anything else comes from the checkpoint anyway
+        asked = _flatten(kept.with_overrides(flags | sets).to_dict())
+    have = _flatten(kept.to_dict())
+    for field, value in asked.items():
+        if field == "train.progress" or _same_value(field, value, have.get(field)):
+            continue
+        label = labels.get(field, f"--config {args.config} ({field}: {value!r})")
+        raise ValueError(f"--resume: {label} conflicts with the run's {field}={have.get(field)!r} "
+                         f"(a resumed run keeps its checkpoint's config; train a new --output to change it)")
 
 
 def cmd_variants(args) -> int:
@@ -110,6 +174,8 @@ def cmd_train(args) -> int:
         prepare_output(output, resume=False)  # refuse a used folder before an MLflow run is opened
     elif not ((output / "checkpoints" / "last.pt").is_file() or (output / "ray_run.json").is_file()):
         raise FileNotFoundError(f"--resume: {output} holds no checkpoint and no Ray run to continue")
+    else:
+        refuse_conflicting_resume_flags(args, output)  # before the MLflow run is reopened
     # One MLflow run per training: opened here, continued by --resume, logged each epoch by the
     # driver (in-process, or as Ray registers the epoch), closed with the model and pictures.
     uri, run_id = tracking.open_run(config, output, args.resume, args.experiment)

@@ -248,6 +248,64 @@ def test_resume_without_a_checkpoint_is_one_line(tmp_path, capsys):
     assert "no checkpoint" in _one_error_line(capsys.readouterr().err, "train")
 
 
+@pytest.fixture(scope="module")
+def finished_run(dataset, tmp_path_factory) -> Path:
+    """A finished 1-epoch vae run (trained once; each test resumes a copy of it)."""
+    root = tmp_path_factory.mktemp("finished")
+    cwd = os.getcwd()
+    os.chdir(root)  # its ./mlflow.db stays in this folder
+    try:
+        assert main(_train_args(dataset, root / "run", epochs=1)) == 0
+    finally:
+        os.chdir(cwd)
+    return root / "run"
+
+
+def _copy_run(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "run"))  # its mlflow_run.json names the fixture's store
+
+
+@pytest.mark.parametrize("extra,field", [
+    (["--variant", "iwae"], "--variant iwae conflicts with the run's variant_name='vae'"),
+    # The resumed run trains to its checkpoint's train.epochs: more epochs is a new run.
+    (["--epochs", "3"], "--epochs 3 conflicts with the run's train.epochs=1"),
+    (["--latent-dim", "3"], "--latent-dim 3 conflicts with the run's model.latent_dim=2"),
+    (["--seed", "9"], "--seed 9 conflicts with the run's train.seed=0"),
+    (["--set", "train.lr=0.5"], "--set train.lr=0.5 conflicts with the run's train.lr=0.01"),
+    (["--dataset", "fashion-mnist"], "--dataset fashion-mnist conflicts with the run's data.dataset="),
+    (["--config", "CONFIG"], "(train.batch_size: 64) conflicts with the run's train.batch_size=32"),
+])
+def test_resume_refuses_flags_that_conflict_with_the_run(finished_run, tmp_path, capsys, extra, field):
+    """A flag that asks for another config than the checkpoint's is refused, naming it, before the
+    run folder or its MLflow run is touched (it used to be silently ignored)."""
+    run = _copy_run(finished_run, tmp_path)
+    if extra[-1] == "CONFIG":  # the run's own config file, with one value changed
+        config = tmp_path / "other.yaml"
+        config.write_text((run / "run_config.yaml").read_text().replace("batch_size: 32", "batch_size: 64"))
+        extra = ["--config", str(config)]
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    store = Path(json.loads((run / "mlflow_run.json").read_text())["tracking_uri"].removeprefix("sqlite:///"))
+    db = store.read_bytes()
+    assert main(["train", *IN_PROCESS, "--output", str(run), "--resume", "--no-progress", *extra]) == 1
+    line = _one_error_line(capsys.readouterr().err, "train")
+    assert line.startswith("vaezoo train: error: --resume: --") and field in line, line
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert store.read_bytes() == db  # the MLflow run was not reopened
+
+
+def test_resume_accepts_the_run_s_own_flags(dataset, finished_run, tmp_path, capsys):
+    """Control: the original command line again, its run_config.yaml, --no-progress and flags that
+    are not config all agree with the checkpoint, and the resume finishes."""
+    run = _copy_run(finished_run, tmp_path)
+    original = [a for a in _train_args(dataset, run, epochs=1) if a != "train"]
+    assert main(["train", *original, "--resume", "--final-nll-samples", "5"]) == 0, capsys.readouterr().err
+    assert main(["train", *IN_PROCESS, "--output", str(run), "--resume", "--no-progress",
+                 "--config", str(run / "run_config.yaml"), "--variant", "vae"]) == 0, capsys.readouterr().err
+    assert _epochs(run) == [1]
+
+
 # -- the installed console script ---------------------------------------------------------------------
 
 def _vaezoo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
