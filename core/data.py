@@ -130,6 +130,14 @@ def _images_to_nchw(array: np.ndarray, path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True, order="C"))  # frombuffer arrays are read-only
 
 
+# Labels are class indices and the number of classes is the largest label plus one; conditioning
+# (cvae), the classifier (m2) and label enumeration are sized by it, so one stray value (an int32
+# 10**9) would ask for gigabyte one-hot tensors. A fixed cap rather than "no more classes than
+# examples": a small split may legitimately miss most classes (a 10-image test file of a
+# 100-class set). 65,536 is far beyond any labelled image set (ImageNet-21k has 21,841 classes).
+MAX_CLASSES = 65_536
+
+
 def load_idx_split(directory: str | os.PathLike, split: str, name: str | None = None) -> ImageDataset:
     """Load one split from a folder in the MNIST layout (train-images-idx3-ubyte[.gz], ...)."""
     directory = Path(directory)
@@ -152,6 +160,9 @@ def load_idx_split(directory: str | os.PathLike, split: str, name: str | None = 
         if labels.numel() and labels.min() < 0:
             raise DataError(f"{label_path}: negative label {int(labels.min())}")
         num_classes = int(labels.max()) + 1 if labels.numel() else 0
+        if num_classes > MAX_CLASSES:
+            raise DataError(f"{label_path}: label {num_classes - 1} means {num_classes:,} classes, more than the "
+                            f"{MAX_CLASSES:,} vae-zoo accepts (a damaged file, or not a labels file?)")
     return ImageDataset(images, labels, num_classes, name or directory.name)
 
 

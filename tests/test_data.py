@@ -146,6 +146,25 @@ def test_label_and_image_count_mismatch_names_the_labels_file(tmp_path):
     assert "train-labels-idx1-ubyte" in message and "19" in message and "20" in message
 
 
+@pytest.mark.parametrize("top,refused", [(10**9, True), (65_536, True), (65_535, False)])
+def test_absurd_label_values_are_refused_naming_the_labels_file(tmp_path, top, refused):
+    """num_classes is the largest label plus one: a stray 10**9 would size one-hot labels,
+    cvae's conditioning and m2's classifier by it. More than 65,536 classes is refused; the
+    largest accepted label (65,535) is the control."""
+    images, labels = make_images(20, seed=0)
+    labels = labels.astype(np.int32)
+    labels[7] = top
+    folder = write_idx_folder(tmp_path / "d", (images, labels), make_images(8, seed=1))
+    if not refused:
+        assert load_idx_split(folder, "train").num_classes == 65_536
+        return
+    with pytest.raises(DataError) as err:
+        load_idx_split(folder, "train")
+    message = str(err.value)
+    assert str(folder / "train-labels-idx1-ubyte.gz") in message and f"label {top}" in message, message
+    assert "65,536" in message and len(message.splitlines()) == 1
+
+
 # -- dataset folders ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
