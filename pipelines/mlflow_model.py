@@ -29,12 +29,28 @@ class LatentEncoder(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> dict[str, np.ndarray]:
         import torch
 
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        images = np.asarray(model_input, dtype=np.float32)
+        _refuse_non_finite(images)
+        x = torch.as_tensor(images)
         if x.ndim == 3:
             x = x.unsqueeze(1)
         with torch.no_grad():
             mean, logvar = self.variant.encode(x)
         return {"z_mean": mean.numpy(), "z_logvar": logvar.numpy()}
+
+
+def _refuse_non_finite(images: np.ndarray, shown: int = 10) -> None:
+    """NaN or Inf pixels would come back as NaN latents, silently: refuse the batch, naming the
+    rows (MLflow's INVALID_PARAMETER_VALUE: a 400 from `mlflow models serve`, not a 500)."""
+    if images.ndim == 0 or images.size == 0:
+        return
+    bad = np.flatnonzero(~np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1))
+    if len(bad):
+        from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+        rows = ", ".join(map(str, bad[:shown])) + (f", ... ({len(bad)} rows)" if len(bad) > shown else "")
+        raise MlflowException(f"images must be finite (float32 in [0, 1]): NaN or Inf in row{'s' if len(bad) > 1 else ''} "
+                              f"{rows} of {images.shape[0]}", error_code=INVALID_PARAMETER_VALUE)
 
 
 def signature_for(shape: tuple[int, int, int], latent_dim: int):

@@ -184,6 +184,33 @@ def test_pyfunc_predict_equals_native_encode(mlflow_server, tracked, data_folder
     assert run_id
 
 
+def test_pyfunc_refuses_non_finite_images_naming_the_rows(mlflow_server, tracked, data_folder, monkeypatch):
+    """NaN or Inf pixels used to come back as NaN latents; the registered model now refuses the
+    batch with one error naming the rows. The same batch with those rows made finite encodes."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from core.data import load_split
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    pyfunc = mlflow.pyfunc.load_model("models:/tiny-vae@champion")
+    x = load_split(str(data_folder), "test").images[:16].float().div(255.0).numpy()
+    bad = x.copy()
+    bad[3, 0, 2, 5], bad[11, 0, 0, 0], bad[12, 0, 7, 7] = np.nan, np.inf, -np.inf
+    with pytest.raises(MlflowException) as err:
+        pyfunc.predict(bad)
+    message = str(err.value)
+    assert "NaN or Inf in rows 3, 11, 12 of 16" in message, message
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    many = x.copy()
+    many[:, 0, 0, 0] = np.nan
+    with pytest.raises(MlflowException, match=r"rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \.\.\. \(16 rows\) of 16"):
+        pyfunc.predict(many)
+    fine = pyfunc.predict(x)  # control
+    assert np.isfinite(fine["z_mean"]).all() and fine["z_mean"].shape == (16, 2)
+
+
 def test_compare_lists_latest_run_of_each_variant(mlflow_server, tracked, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     assert main(["compare", "--experiment", "zoo-test", "--format", "csv"]) == 0
