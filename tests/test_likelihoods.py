@@ -155,3 +155,31 @@ def test_make_likelihood_follows_the_config(name, cls, per_pixel):
     assert isinstance(lik, cls) and lik.params_per_pixel == per_pixel
     if name == "gaussian_fixed":
         assert lik.sigma == 0.7
+
+
+@pytest.mark.parametrize("k", [None, 3])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bernoulli_fast_path_equals_bce_bit_for_bit(k, masked, dtype):
+    """Bernoulli.log_prob's fused autograd Function gives exactly the values and gradients of
+    -binary_cross_entropy_with_logits summed over pixels (the plain autograd path)."""
+    lead = (B,) if k is None else (k, B)
+    logits = (torch.randn(*lead, C, H, W, generator=_gen(20), dtype=dtype) * 6)
+    logits.view(-1)[:4] = torch.tensor([90.0, -90.0, 1e-9, 0.0], dtype=dtype)  # saturated and tiny logits
+    x = _binary((B, C, H, W), 21).to(dtype)
+    mask = None
+    if masked:
+        mask = torch.zeros(1, C, H, W, dtype=dtype)
+        mask[..., 1:, 2:] = 1.0
+    weights = torch.randn(lead, generator=_gen(22), dtype=dtype)
+    results = []
+    for log_prob in (Bernoulli().log_prob, super(Bernoulli, Bernoulli()).log_prob):
+        leaf = logits.clone().requires_grad_()
+        value = log_prob(leaf, x, mask)
+        (value * weights).sum().backward()
+        results.append((value.detach(), leaf.grad))
+    (fast, fast_grad), (ref, ref_grad) = results
+    assert fast.shape == lead
+    assert torch.equal(fast, ref) and torch.equal(fast_grad, ref_grad)
+    with torch.no_grad():
+        assert torch.equal(Bernoulli().log_prob(logits, x, mask), ref)
