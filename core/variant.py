@@ -73,7 +73,8 @@ class Variant(nn.Module):
     # -- training ------------------------------------------------------------------------------
     def configure_optimizers(self, train_cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
         """One optimiser per group, stepped in this order each batch; the default is one Adam."""
-        return {"model": torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)}
+        return {"model": torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                                          fused=train_cfg.fused_adam or None)}
 
     def training_step(self, batch: Batch, group: str) -> StepOutput:
         """The loss for optimiser `group` on `batch` (the default: the negative ELBO)."""

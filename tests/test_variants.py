@@ -343,3 +343,29 @@ def test_cvae_completion_keeps_the_visible_quadrants(binary_batch):
     assert not set(hidden.unique().tolist()) <= {0.0, 1.0}  # decoder means, not copied pixels
     with pytest.raises(ValueError, match="complete"):
         cvae.sample(4)
+
+
+@pytest.mark.parametrize("name", ALL_VARIANTS)
+def test_fused_adam_is_opt_in_and_takes_the_same_steps_up_to_rounding(name):
+    """train.fused_adam switches Adam to torch's fused kernel; off by default (bit-for-bit runs).
+    Both take the same steps but for float rounding."""
+    data = make_dataset(64, seed=3)
+    results = []
+    for fused in (False, True):
+        config = small_config(name, fused_adam=fused)
+        variant = _build(name)
+        opt = variant.configure_optimizers(config.train)["model"]
+        assert bool(opt.defaults["fused"]) is fused
+        torch.manual_seed(1)
+        for step in range(3):
+            part = slice(step * 16, (step + 1) * 16)
+            batch = Batch(data.images[part].float() / 255.0, data.labels[part])
+            if variant.semi_supervised:
+                batch.x_labelled, batch.y_labelled = batch.x, batch.y
+            opt.zero_grad(set_to_none=True)
+            variant.training_step(batch, "model").loss.backward()
+            opt.step()
+        results.append([p.detach().clone() for p in variant.parameters()])
+    assert not small_config(name).train.fused_adam
+    for default, fused in zip(*results):
+        torch.testing.assert_close(fused, default, rtol=1e-4, atol=1e-5)
