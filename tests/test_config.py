@@ -68,7 +68,7 @@ def test_defaults_and_variant_options_are_filled():
     assert config.variant_options().k == 5
     assert config.model.latent_dim == 20 and config.model.architecture == "mlp"
     assert config.train.lr == 1e-3 and config.data.binarize == "dynamic"
-    assert RunConfig().variant_name == "vae" and RunConfig().variant == {"beta": 1.0}
+    assert RunConfig().variant_name == "vae" and RunConfig().variant == {"beta": 1.0, "samples": 1}
 
 
 def _rich_config() -> RunConfig:
