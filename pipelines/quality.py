@@ -18,7 +18,8 @@ the importance-sampled NLL with `nll_samples` samples on its first `nll_examples
 its 10 labels out exactly, 10x the decoder work, so it uses a tenth of those images).
 
 Results are kept per model in OUT/results/<key>.json, written once the model is evaluated, so an
-interrupted benchmark continues where it stopped; OUT/quality.json holds the whole table and the
+interrupted benchmark continues where it stopped, and several processes can share one OUT (each
+model is claimed by one of them: OUT/results/<key>.lock holds its pid); OUT/quality.json holds the whole table and the
 findings, each claim of a paper with whether it holds here and the numbers behind it.
 """
 from __future__ import annotations
@@ -245,6 +246,30 @@ def _write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def _claim(result_path: Path) -> int | None:
+    """Claim a model for this process, so that several processes can share one --out (one per
+    core, or per machine on shared storage): None when claimed, else the pid of the live process
+    that holds it. A lock whose process is gone (killed) is taken over."""
+    lock = result_path.with_suffix(".lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        text = lock.read_text().strip() if lock.exists() else ""
+        if not text.isdigit():
+            return -1  # being created this instant by another process
+        try:
+            os.kill(int(text), 0)
+            return int(text)
+        except ProcessLookupError:
+            lock.unlink(missing_ok=True)
+            return _claim(result_path)
+        except PermissionError:  # alive, another user's
+            return int(text)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return None
+
+
 def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progress: bool = True,
         figures: bool = True) -> dict[str, Any]:
     out = Path(out)
@@ -267,9 +292,17 @@ def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progr
             results[job.key] = json.loads(path.read_text())
             print(f"[{i}/{len(jobs)}] {job.key}: kept from {path}", file=sys.stderr, flush=True)
             continue
-        print(f"[{i}/{len(jobs)}] {job.key}: training ({budget.epochs} epochs)", file=sys.stderr, flush=True)
-        results[job.key] = run_job(job, budget, data, out, progress)
-        _write_json(path, results[job.key])
+        holder = _claim(path)
+        if holder is not None:
+            print(f"[{i}/{len(jobs)}] {job.key}: being trained by process {holder}, skipped (rerun to include it)",
+                  file=sys.stderr, flush=True)
+            continue
+        try:
+            print(f"[{i}/{len(jobs)}] {job.key}: training ({budget.epochs} epochs)", file=sys.stderr, flush=True)
+            results[job.key] = run_job(job, budget, data, out, progress)
+            _write_json(path, results[job.key])
+        finally:
+            path.with_suffix(".lock").unlink(missing_ok=True)
     report = {
         "budget": asdict(budget),
         "config": budget.base_config().to_dict(),

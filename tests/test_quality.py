@@ -156,3 +156,24 @@ def test_bad_quality_arguments_give_one_line_and_train_nothing(idx_folder, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_processes_sharing_an_out_folder_train_each_model_once(idx_folder, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "q"
+    args = ["quality", "--dataset", str(idx_folder), "--out", str(out), "--suites", "zoo", "--epochs", "1",
+            "--nll-samples", "5", "--nll-examples", "8", "--no-progress", "--no-figures"]
+    (out / "results").mkdir(parents=True)
+    lock = out / "results" / "cvae-label.lock"
+    lock.write_text(str(__import__("os").getpid()))  # a live process holds the only model: skipped
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == {}
+    assert lock.exists() and not (out / "results" / "cvae-label.json").exists()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # its process is gone (killed): the lock is taken over
+    assert main(args) == 0
+    assert set(json.loads(capsys.readouterr().out)["results"]) == {"cvae-label"}
+    assert not lock.exists() and (out / "results" / "cvae-label.json").exists()
