@@ -66,6 +66,8 @@ def run_train(dataset: Path, output: Path, *, epochs: int, workers: int, cpus_pe
         if address:
             cmd += ["--address", address]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Track beside the run folder, not in the user's ./mlflow.db (both backends pay the same logging).
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{output.parent / 'mlflow.db'}")
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started

@@ -179,8 +179,11 @@ def train_args(data: Path, output: Path, epochs: int) -> list[str]:
 
 def test_two_nodes_train_with_one_worker_each(cluster, data, tmp_path):
     out = tmp_path / "run"
-    proc = cluster.run([str(BIN / "vaezoo"), *train_args(data, out, epochs=2), "--address", cluster.address])
+    # From tmp_path: the default tracking store is ./mlflow.db, which must not land in the repository.
+    proc = cluster.run([str(BIN / "vaezoo"), *train_args(data, out, epochs=2), "--address", cluster.address],
+                       cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "mlflow.db").is_file()
     info = json.loads((out / "ray_run.json").read_text())
     assert [h["epoch"] for h in info["history"]] == [1, 2]
     for h in info["history"]:
