@@ -2,7 +2,9 @@
 
 * `reference`: the classic PyTorch VAE recipe (torchvision dataset, ToTensor, DataLoader,
   Adam 1e-3, BCE summed over pixels), in this same process;
-* `vaezoo`: core.training.train in-process (no Ray), same architecture, optimiser and batch size.
+* `vaezoo`: core.training.train in-process (no Ray), same architecture, optimiser and batch size;
+* `vaezoo_ray_1_worker`: the same loop through Ray Train (pipelines.ray_train.run_ray, one worker
+  holding every CPU), steady epochs as the loop logs them (`--no-ray` skips it).
 
 Both train on grey levels (no binarisation) so they do identical arithmetic; a third row shows
 vaezoo with its default dynamic binarisation. Images per second are measured over the steady
@@ -25,8 +27,12 @@ date and machine (benchmarks/_results.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import json
+import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,6 +106,27 @@ def vaezoo_throughput(batch_size: int, epochs: int, binarize: str, images: int |
     return sum(rates[1:]) / len(rates[1:])
 
 
+def ray_throughput(batch_size: int, epochs: int, images: int | None, cpus: int) -> float:
+    """The same loop through Ray Train (`vaezoo train --num-workers 1`): one worker given all `cpus`
+    (so torch gets as many threads as in-process), inside the Ray session main() started."""
+    from core.config import RunConfig
+    from pipelines.ray_train import run_ray
+
+    cfg = RunConfig.from_dict({
+        "variant_name": "vae",
+        "model": {"architecture": "mlp", "hidden_dims": [HIDDEN], "latent_dim": LATENT, "likelihood": "bernoulli"},
+        "data": {"dataset": "fashion-mnist", "binarize": "none", "train_limit": images, "test_limit": 500},
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "progress": False,
+                  "eval_nll_samples": 1, "eval_nll_examples": 1},
+    })
+    with tempfile.TemporaryDirectory(prefix="vaezoo-bench-ray-") as tmp:
+        output = Path(tmp) / "run"
+        with contextlib.redirect_stdout(sys.stderr):  # its epoch lines: stdout is this script's JSON
+            run_ray(cfg, output, final_nll_samples=1, num_workers=1, cpus_per_worker=cpus)
+        rates = [json.loads(ln)["train/images_per_sec"] for ln in (output / "metrics.jsonl").read_text().splitlines()]
+    return sum(rates[1:]) / len(rates[1:])
+
+
 def torchvision_root() -> Path:
     """torchvision's FashionMNIST reads raw/ with unzipped files: unzip Debian's copies once."""
     root = Path(tempfile.gettempdir()) / "vaezoo-bench-tv"
@@ -121,6 +148,7 @@ def main() -> None:
                         help="train on the first N images only (a quick run; default: all 60,000)")
     parser.add_argument("--fused-adam", action="store_true",
                         help="vaezoo with train.fused_adam=true (torch's fused Adam kernel; off by default in vaezoo)")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Train (1 worker) rows")
     add_save_argument(parser)
     args = parser.parse_args()
     peak = matmul_peak_flops()
@@ -134,11 +162,23 @@ def main() -> None:
             "batch_size": bs,
             "reference_images_per_sec": round(ref),
             "vaezoo_images_per_sec": round(ours),
+
             "vaezoo_dynamic_binarisation_images_per_sec": round(dyn),
             "speedup_vs_reference": round(ours / ref, 2),
             "vaezoo_train_gflops": round(ours * TRAIN_FLOPS_PER_IMAGE / 1e9, 1),
             "share_of_matmul_peak": round(ours * TRAIN_FLOPS_PER_IMAGE / peak, 3),
         })
+    if not args.no_ray:
+        # After the in-process rows: a running Ray cluster's own processes would slow them. One Ray
+        # session for every batch size (Ray Train cannot start again in a process whose earlier
+        # session was shut down); the worker gets every CPU, as the in-process loop does.
+        from pipelines.ray_connect import connect
+
+        connect(None, num_cpus=os.cpu_count())
+        for r in rows:
+            on_ray = ray_throughput(r["batch_size"], args.epochs, args.train_images, os.cpu_count())
+            r["vaezoo_ray_1_worker_images_per_sec"] = round(on_ray)
+            r["ray_speedup_vs_reference"] = round(on_ray / r["reference_images_per_sec"], 2)
     # Issue #7's targets: >= 1.25x the reference at batch 128, >= 50% of the matmul peak at batch 512.
     targets = {}
     for r in rows:
