@@ -45,6 +45,22 @@ def folder(tmp_path_factory) -> Path:
 _dim = st.one_of(st.integers(0, 5), st.sampled_from([1, 4, 255, 256, 65_535, 65_536, 2**31, 2**32 - 1]))
 
 
+def damage_bytes(draw, raw: bytearray, max_ops: int) -> bytes:
+    """1 to `max_ops` damages of an encoded file: flip a bit, overwrite a byte, or truncate."""
+    for _ in range(draw(st.integers(1, max_ops))):
+        if not raw:
+            break
+        i = draw(st.integers(0, len(raw) - 1))
+        op = draw(st.sampled_from(["flip", "byte", "truncate"]))
+        if op == "flip":
+            raw[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == "byte":
+            raw[i] = draw(st.integers(0, 255))
+        else:
+            raw = raw[:i]
+    return bytes(raw)
+
+
 @st.composite
 def idx_headers(draw) -> bytes:
     """A header with any magic, type code and dimensions, then random bytes."""
@@ -237,17 +253,7 @@ def image_bytes(draw) -> bytes:
     if kind == "header-then-garbage":
         return bytes(raw[:draw(st.integers(2, 24))]) + draw(st.binary(max_size=64))
     if kind == "damaged":
-        for _ in range(draw(st.integers(1, 4))):
-            if not raw:
-                break
-            i = draw(st.integers(0, len(raw) - 1))
-            op = draw(st.sampled_from(["flip", "byte", "truncate"]))
-            if op == "flip":
-                raw[i] ^= 1 << draw(st.integers(0, 7))
-            elif op == "byte":
-                raw[i] = draw(st.integers(0, 255))
-            else:
-                raw = raw[:i]
+        return damage_bytes(draw, raw, max_ops=4)
     return bytes(raw)
 
 
@@ -335,18 +341,7 @@ def parquet_files(draw, damage: bool) -> bytes:
         return bytes(raw)
     if draw(st.integers(0, 7)) == 0:
         return draw(st.binary(max_size=200))
-    for _ in range(draw(st.integers(1, 3))):
-        i = draw(st.integers(0, len(raw) - 1))
-        op = draw(st.sampled_from(["flip", "byte", "truncate"]))
-        if op == "flip":
-            raw[i] ^= 1 << draw(st.integers(0, 7))
-        elif op == "byte":
-            raw[i] = draw(st.integers(0, 255))
-        else:
-            raw = raw[:i]
-            if not raw:
-                break
-    return bytes(raw)
+    return damage_bytes(draw, raw, max_ops=3)
 
 
 def _check_parquet(path: Path, blob: bytes) -> None:
