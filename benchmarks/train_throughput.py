@@ -88,18 +88,24 @@ def reference_throughput(root: Path, batch_size: int, epochs: int, images: int |
     return sum(rates[1:]) / len(rates[1:])
 
 
-def vaezoo_throughput(batch_size: int, epochs: int, binarize: str, images: int | None, fused_adam: bool) -> float:
+def vaezoo_config(batch_size: int, epochs: int, binarize: str, images: int | None, fused_adam: bool = False):
+    """The benchmarked run: the MLP VAE, Adam 1e-3, a near-free per-epoch evaluation."""
     from core.config import RunConfig
-    from core.data import prepare_data
-    from core.training import train
 
-    cfg = RunConfig.from_dict({
+    return RunConfig.from_dict({
         "variant_name": "vae",
         "model": {"architecture": "mlp", "hidden_dims": [HIDDEN], "latent_dim": LATENT, "likelihood": "bernoulli"},
         "data": {"dataset": "fashion-mnist", "binarize": binarize, "train_limit": images, "test_limit": 500},
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "progress": False, "fused_adam": fused_adam,
                   "eval_nll_samples": 1, "eval_nll_examples": 1},
     })
+
+
+def vaezoo_throughput(batch_size: int, epochs: int, binarize: str, images: int | None, fused_adam: bool) -> float:
+    from core.data import prepare_data
+    from core.training import train
+
+    cfg = vaezoo_config(batch_size, epochs, binarize, images, fused_adam)
     data = prepare_data("fashion-mnist", None, binarize, images, 500)
     rates: list[float] = []
     train(cfg, report=lambda m, c: rates.append(m["train/images_per_sec"]), data=data)
@@ -109,16 +115,9 @@ def vaezoo_throughput(batch_size: int, epochs: int, binarize: str, images: int |
 def ray_throughput(batch_size: int, epochs: int, images: int | None, cpus: int) -> float:
     """The same loop through Ray Train (`vaezoo train --num-workers 1`): one worker given all `cpus`
     (so torch gets as many threads as in-process), inside the Ray session main() started."""
-    from core.config import RunConfig
     from pipelines.ray_train import run_ray
 
-    cfg = RunConfig.from_dict({
-        "variant_name": "vae",
-        "model": {"architecture": "mlp", "hidden_dims": [HIDDEN], "latent_dim": LATENT, "likelihood": "bernoulli"},
-        "data": {"dataset": "fashion-mnist", "binarize": "none", "train_limit": images, "test_limit": 500},
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "progress": False,
-                  "eval_nll_samples": 1, "eval_nll_examples": 1},
-    })
+    cfg = vaezoo_config(batch_size, epochs, "none", images)
     with tempfile.TemporaryDirectory(prefix="vaezoo-bench-ray-") as tmp:
         output = Path(tmp) / "run"
         with contextlib.redirect_stdout(sys.stderr):  # its epoch lines: stdout is this script's JSON
