@@ -41,6 +41,7 @@ from torch import nn
 from core.config import RunConfig, parse_override
 from core.data import PreparedData, labelled_subset, prepare_data, to_float
 from core.evaluation import evaluate, iterate_batches
+from core.likelihoods import Bernoulli
 from core.networks import mlp
 from core.serialization import load_model, save_model
 from core.training import epoch_permutation, train
@@ -161,10 +162,9 @@ def completion_network(config: RunConfig, shape) -> nn.Module:
 
 
 def hidden_pixels_nll(net: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """-log p(hidden pixels | visible ones) per example, in nats: Bernoulli on the hidden pixels only."""
-    logits = net(x * mask).view_as(x)
-    per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-    return (per_pixel * (1.0 - mask)).flatten(1).sum(1)
+    """-log p(hidden pixels | visible ones) per example, in nats: the cvae's Bernoulli likelihood,
+    scored on the hidden pixels only, as the cvae's conditional NLL is."""
+    return -Bernoulli().log_prob(net(x * mask).view_as(x), x, 1.0 - mask)
 
 
 def train_completion_network(config: RunConfig, data: PreparedData, visible: int) -> tuple[nn.Module, dict[str, float]]:
