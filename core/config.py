@@ -64,6 +64,12 @@ class TrainConfig(_Section):
     # so the weights drift from the default optimiser's by float rounding each step. Off by default:
     # runs reproduce earlier runs bit for bit.
     fused_adam: bool = False
+    # Accelerator options (they run on a CPU too, where they rarely pay). autocast "bf16" runs the
+    # networks' matmuls in bfloat16 under torch.autocast (densities and sums stay float32);
+    # compile wraps the encoder and decoder networks in torch.compile (state_dict keys unchanged,
+    # so checkpoints load either way). Both off by default: runs reproduce earlier runs exactly.
+    autocast: Literal["off", "bf16"] = "off"
+    compile: bool = False
     seed: int = 0
     # Per-epoch evaluation: importance samples and how many test images the NLL uses.
     eval_nll_samples: int = Field(100, ge=1)

@@ -53,8 +53,11 @@ class VAE(nn.Module):
         self.prior = ConditionalPrior(cfg, cond_dim) if conditional_prior else None
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of q(z | x [, c]); deterministic."""
-        return self.encoder(x, c)
+        """Posterior mean and log-variance of q(z | x [, c]); deterministic. Network outputs are
+        float32 here and in decode/prior_params (a no-op unless train.autocast runs the networks
+        in bf16): densities, KL and log-likelihood sums stay in float32."""
+        mean, logvar = self.encoder(x, c)
+        return mean.float(), logvar.float()
 
     @staticmethod
     def sample_latent(mean: torch.Tensor, logvar: torch.Tensor, k: int = 1,
@@ -65,12 +68,13 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Parameters of p(x | z [, c]) for z of shape (..., D)."""
-        return self.decoder(z, c)
+        return self.decoder(z, c).float()
 
     def prior_params(self, c: torch.Tensor | None = None):
         if self.prior is None:
             return None, None
-        return self.prior(c)
+        mean, logvar = self.prior(c)
+        return mean.float(), logvar.float()
 
     def terms(self, x_in: torch.Tensor, target: torch.Tensor, k: int = 1, c: torch.Tensor | None = None,
               target_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Terms:

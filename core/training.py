@@ -94,6 +94,9 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
 
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     variant = build_variant(cfg, data.shape, data.num_classes).to(device)
+    if tcfg.compile:  # in place (nn.Module.compile): parameter names and checkpoints are unchanged
+        variant.vae.encoder.compile()
+        variant.vae.decoder.compile()
     optimizers = variant.configure_optimizers(tcfg)
     schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tcfg.lr_schedule, tcfg.epochs))
                   for name, opt in optimizers.items()}
@@ -142,7 +145,8 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
             for name, opt in optimizers.items():
                 opt.zero_grad(set_to_none=True)
                 if len(local_idx):
-                    out = variant.training_step(batch, name)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.autocast == "bf16"):
+                        out = variant.training_step(batch, name)
                     if not torch.isfinite(out.loss):
                         raise NonFiniteLossError(
                             f"non-finite loss ({out.loss.item()}) at epoch {epoch}, step {step + 1}/{steps}, "
