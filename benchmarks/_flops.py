@@ -12,15 +12,28 @@ import time
 import torch
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-    """Best-of-`repeats` FLOP/s of one n x n fp32 matrix product with torch's current threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):  # warm-up: thread pool, page faults, MKL's dispatch
+def matmul_peak_flops(n: int = 2048, repeats: int = 10, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-`repeats` FLOP/s of one n x n matrix product: fp32 with torch's current threads on
+    the CPU; on a GPU `dtype` (fp32, or bf16 for the autocast rows) with n = 8192, timed with a
+    synchronize after each product. On a CPU a non-fp32 dtype is timed on 512 x 512 products."""
+    if device != "cpu":
+        n = max(n, 8192)
+    elif dtype != torch.float32:  # a CPU without bf16 instructions does a 2048^3 bf16 product in minutes
+        n, repeats = min(n, 512), min(repeats, 3)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    for _ in range(2):  # warm-up: thread pool, page faults, MKL's (or cuBLAS's) dispatch
         a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
 

@@ -15,10 +15,15 @@ of it training reaches, counting the matmul FLOPs of forward and backward (see
 layer but the first; elementwise work is not counted).
 
     python benchmarks/train_throughput.py [--batch-sizes 128 512] [--epochs 3] [--train-images N] [--fused-adam]
-                                          [--no-save]
+                                          [--device cuda] [--autocast bf16] [--compile] [--no-save]
 
 `--fused-adam` trains vaezoo with `train.fused_adam=true` (opt-in: faster, but not bit for bit
-the default optimiser's steps); the reference keeps torch's default Adam.
+the default optimiser's steps); the reference keeps torch's default Adam. `--device cuda` runs
+both on one GPU (the reference as the PyTorch example does: DataLoader with a worker and pinned
+memory, each batch copied to the GPU; vaezoo with the uint8 dataset resident on the GPU) and
+reports the share of the GPU's fp32 matmul peak (and of its bf16 peak with `--autocast bf16`).
+`--autocast bf16` and `--compile` set vaezoo's `train.autocast` / `train.compile`; the reference
+stays the plain fp32 eager recipe.
 
 Prints one JSON object and, unless --no-save, merges it into benchmarks/results.json under
 "train_throughput" ("train_throughput_fused_adam" with --fused-adam) with the command line, UTC
@@ -63,19 +68,26 @@ class ReferenceVAE(nn.Module):  # the PyTorch examples VAE
         return self.fc4(F.relu(self.fc3(z))), mu, logvar
 
 
-def reference_throughput(root: Path, batch_size: int, epochs: int, images: int | None) -> float:
+def _sync(device: str) -> None:
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
+def reference_throughput(root: Path, batch_size: int, epochs: int, images: int | None, device: str = "cpu") -> float:
     from torchvision import datasets, transforms
 
     ds = datasets.FashionMNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
     if images is not None:
         ds = torch.utils.data.Subset(ds, range(min(images, len(ds))))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True)
-    model = ReferenceVAE()
+    on_gpu = {"num_workers": 1, "pin_memory": True} if device != "cpu" else {}
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, **on_gpu)
+    model = ReferenceVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rates = []
     for _ in range(epochs):
         started, seen = time.perf_counter(), 0
         for x, _ in loader:
+            x = x.to(device, non_blocking=True)
             logits, mu, logvar = model(x)
             bce = F.binary_cross_entropy_with_logits(logits, x.view(-1, 784), reduction="sum")
             kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
@@ -84,11 +96,13 @@ def reference_throughput(root: Path, batch_size: int, epochs: int, images: int |
             loss.backward()
             opt.step()
             seen += x.shape[0]
+        _sync(device)
         rates.append(seen / (time.perf_counter() - started))
     return sum(rates[1:]) / len(rates[1:])
 
 
-def vaezoo_config(batch_size: int, epochs: int, binarize: str, images: int | None, fused_adam: bool = False):
+def vaezoo_config(batch_size: int, epochs: int, binarize: str, images: int | None, fused_adam: bool = False,
+                  autocast: str = "off", compile: bool = False):
     """The benchmarked run: the MLP VAE, Adam 1e-3, a near-free per-epoch evaluation."""
     from core.config import RunConfig
 
@@ -97,31 +111,34 @@ def vaezoo_config(batch_size: int, epochs: int, binarize: str, images: int | Non
         "model": {"architecture": "mlp", "hidden_dims": [HIDDEN], "latent_dim": LATENT, "likelihood": "bernoulli"},
         "data": {"dataset": "fashion-mnist", "binarize": binarize, "train_limit": images, "test_limit": 500},
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "progress": False, "fused_adam": fused_adam,
-                  "eval_nll_samples": 1, "eval_nll_examples": 1},
+                  "autocast": autocast, "compile": compile, "eval_nll_samples": 1, "eval_nll_examples": 1},
     })
 
 
-def vaezoo_throughput(batch_size: int, epochs: int, binarize: str, images: int | None, fused_adam: bool) -> float:
+def vaezoo_throughput(batch_size: int, epochs: int, binarize: str, images: int | None, fused_adam: bool,
+                      device: str = "cpu", autocast: str = "off", compile: bool = False) -> float:
     from core.data import prepare_data
     from core.training import train
 
-    cfg = vaezoo_config(batch_size, epochs, binarize, images, fused_adam)
+    cfg = vaezoo_config(batch_size, epochs, binarize, images, fused_adam, autocast, compile)
     data = prepare_data("fashion-mnist", None, binarize, images, 500)
     rates: list[float] = []
-    train(cfg, report=lambda m, c: rates.append(m["train/images_per_sec"]), data=data)
+    # The loop checks each step's loss for NaN (a device sync), so an epoch's time is its own.
+    train(cfg, report=lambda m, c: rates.append(m["train/images_per_sec"]), data=data, device=device)
     return sum(rates[1:]) / len(rates[1:])
 
 
-def ray_throughput(batch_size: int, epochs: int, images: int | None, cpus: int) -> float:
+def ray_throughput(batch_size: int, epochs: int, images: int | None, cpus: int, use_gpu: bool = False,
+                   autocast: str = "off", compile: bool = False) -> float:
     """The same loop through Ray Train (`vaezoo train --num-workers 1`): one worker given all `cpus`
     (so torch gets as many threads as in-process), inside the Ray session main() started."""
     from pipelines.ray_train import run_ray
 
-    cfg = vaezoo_config(batch_size, epochs, "none", images)
+    cfg = vaezoo_config(batch_size, epochs, "none", images, autocast=autocast, compile=compile)
     with tempfile.TemporaryDirectory(prefix="vaezoo-bench-ray-") as tmp:
         output = Path(tmp) / "run"
         with contextlib.redirect_stdout(sys.stderr):  # its epoch lines: stdout is this script's JSON
-            run_ray(cfg, output, final_nll_samples=1, num_workers=1, cpus_per_worker=cpus)
+            run_ray(cfg, output, final_nll_samples=1, num_workers=1, cpus_per_worker=cpus, use_gpu=use_gpu)
         rates = [json.loads(ln)["train/images_per_sec"] for ln in (output / "metrics.jsonl").read_text().splitlines()]
     return sum(rates[1:]) / len(rates[1:])
 
@@ -148,15 +165,24 @@ def main() -> None:
     parser.add_argument("--fused-adam", action="store_true",
                         help="vaezoo with train.fused_adam=true (torch's fused Adam kernel; off by default in vaezoo)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray Train (1 worker) rows")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both train (default cpu)")
+    parser.add_argument("--autocast", default="off", choices=["off", "bf16"], help="vaezoo's train.autocast")
+    parser.add_argument("--compile", action="store_true", help="vaezoo with train.compile=true (torch.compile)")
     add_save_argument(parser)
     args = parser.parse_args()
-    peak = matmul_peak_flops()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    peak = matmul_peak_flops(device=args.device)  # fp32: the share every row reports
+    # With bf16 autocast, also the bf16 peak (the ceiling of bf16 matmuls: far above fp32 on a GPU,
+    # far below it on a CPU without bf16 instructions, like this project's 2-core VM).
+    bf16_peak = matmul_peak_flops(device=args.device, dtype=torch.bfloat16) if args.autocast == "bf16" else None
     root = torchvision_root()
+    options = {"device": args.device, "autocast": args.autocast, "compile": args.compile}
     rows = []
     for bs in args.batch_sizes:
-        ref = reference_throughput(root, bs, args.epochs, args.train_images)
-        ours = vaezoo_throughput(bs, args.epochs, "none", args.train_images, args.fused_adam)
-        dyn = vaezoo_throughput(bs, args.epochs, "dynamic", args.train_images, args.fused_adam)
+        ref = reference_throughput(root, bs, args.epochs, args.train_images, args.device)
+        ours = vaezoo_throughput(bs, args.epochs, "none", args.train_images, args.fused_adam, **options)
+        dyn = vaezoo_throughput(bs, args.epochs, "dynamic", args.train_images, args.fused_adam, **options)
         rows.append({
             "batch_size": bs,
             "reference_images_per_sec": round(ref),
@@ -167,6 +193,8 @@ def main() -> None:
             "vaezoo_train_gflops": round(ours * TRAIN_FLOPS_PER_IMAGE / 1e9, 1),
             "share_of_matmul_peak": round(ours * TRAIN_FLOPS_PER_IMAGE / peak, 3),
         })
+        if bf16_peak:
+            rows[-1]["share_of_bf16_matmul_peak"] = round(ours * TRAIN_FLOPS_PER_IMAGE / bf16_peak, 3)
     if not args.no_ray:
         # After the in-process rows: a running Ray cluster's own processes would slow them. One Ray
         # session for every batch size (Ray Train cannot start again in a process whose earlier
@@ -175,7 +203,8 @@ def main() -> None:
 
         connect(None, num_cpus=os.cpu_count())
         for r in rows:
-            on_ray = ray_throughput(r["batch_size"], args.epochs, args.train_images, os.cpu_count())
+            on_ray = ray_throughput(r["batch_size"], args.epochs, args.train_images, os.cpu_count(),
+                                    use_gpu=args.device == "cuda", autocast=args.autocast, compile=args.compile)
             r["vaezoo_ray_1_worker_images_per_sec"] = round(on_ray)
             r["ray_speedup_vs_reference"] = round(on_ray / r["reference_images_per_sec"], 2)
     # Issue #7's targets: >= 1.25x the reference at batch 128, >= 50% of the matmul peak at batch 512.
@@ -185,9 +214,15 @@ def main() -> None:
             targets["speedup_vs_reference_at_128_ge_1.25"] = r["speedup_vs_reference"] >= 1.25
         if r["batch_size"] == 512:
             targets["share_of_matmul_peak_at_512_ge_0.5"] = r["share_of_matmul_peak"] >= 0.5
-    name = "train_throughput_fused_adam" if args.fused_adam else "train_throughput"  # both kept in results.json
-    emit(name, {"benchmark": "train_throughput", "torch_threads": torch.get_num_threads(),
-                "matmul_peak_gflops": round(peak / 1e9, 1), "train_mflop_per_image": round(TRAIN_FLOPS_PER_IMAGE / 1e6, 3),
+    # Each configuration keeps its own entry in results.json: train_throughput[_cuda][_bf16][_compile][_fused_adam].
+    name = "train_throughput" + "".join(suffix for suffix, on in (
+        ("_cuda", args.device == "cuda"), ("_bf16", args.autocast == "bf16"), ("_compile", args.compile),
+        ("_fused_adam", args.fused_adam)) if on)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    emit(name, {"benchmark": "train_throughput", "torch_threads": torch.get_num_threads(), "device": device_name,
+                "vaezoo_autocast": args.autocast, "vaezoo_compile": args.compile,
+                "matmul_peak_gflops": round(peak / 1e9, 1),
+                "bf16_matmul_peak_gflops": round(bf16_peak / 1e9, 1) if bf16_peak else None, "train_mflop_per_image": round(TRAIN_FLOPS_PER_IMAGE / 1e6, 3),
                 "epochs_measured": args.epochs - 1, "vaezoo_fused_adam": args.fused_adam,
                 "train_images": args.train_images or 60000, "results": rows, "targets_met": targets}, args.save)
 
