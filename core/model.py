@@ -31,6 +31,11 @@ class Terms:
         return self.log_px_z + self.log_pz - self.log_qz
 
 
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 network outputs (under train.autocast) as float32; float32 and float64 as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class ConditionalPrior(nn.Module):
     """p(z | c) as a diagonal Gaussian from a small network (Sohn et al. 2015's prior network)."""
 
@@ -53,11 +58,11 @@ class VAE(nn.Module):
         self.prior = ConditionalPrior(cfg, cond_dim) if conditional_prior else None
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of q(z | x [, c]); deterministic. Network outputs are
-        float32 here and in decode/prior_params (a no-op unless train.autocast runs the networks
+        """Posterior mean and log-variance of q(z | x [, c]); deterministic. Half-precision network
+        outputs become float32 here and in decode/prior_params (a no-op unless train.autocast runs the networks
         in bf16): densities, KL and log-likelihood sums stay in float32."""
         mean, logvar = self.encoder(x, c)
-        return mean.float(), logvar.float()
+        return _full_precision(mean), _full_precision(logvar)
 
     @staticmethod
     def sample_latent(mean: torch.Tensor, logvar: torch.Tensor, k: int = 1,
@@ -68,13 +73,13 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Parameters of p(x | z [, c]) for z of shape (..., D)."""
-        return self.decoder(z, c).float()
+        return _full_precision(self.decoder(z, c))
 
     def prior_params(self, c: torch.Tensor | None = None):
         if self.prior is None:
             return None, None
         mean, logvar = self.prior(c)
-        return mean.float(), logvar.float()
+        return _full_precision(mean), _full_precision(logvar)
 
     def terms(self, x_in: torch.Tensor, target: torch.Tensor, k: int = 1, c: torch.Tensor | None = None,
               target_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Terms:
