@@ -12,6 +12,12 @@ import time
 import torch
 
 
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work before reading a clock (a no-op on the CPU)."""
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
 def matmul_peak_flops(n: int = 2048, repeats: int = 10, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
     """Best-of-`repeats` FLOP/s of one n x n matrix product: fp32 with torch's current threads on
     the CPU; on a GPU `dtype` (fp32, or bf16 for the autocast rows) with n = 8192, timed with a
@@ -21,19 +27,14 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10, device: str = "cpu", dty
     elif dtype != torch.float32:  # a CPU without bf16 instructions does a 2048^3 bf16 product in minutes
         n, repeats = min(n, 512), min(repeats, 3)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-
-    def sync():
-        if device != "cpu":
-            torch.cuda.synchronize()
-
     for _ in range(2):  # warm-up: thread pool, page faults, MKL's (or cuBLAS's) dispatch
         a @ b
-    sync()
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
-        sync()
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
 

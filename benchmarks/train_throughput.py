@@ -26,7 +26,8 @@ reports the share of the GPU's fp32 matmul peak (and of its bf16 peak with `--au
 stays the plain fp32 eager recipe.
 
 Prints one JSON object and, unless --no-save, merges it into benchmarks/results.json under
-"train_throughput" ("train_throughput_fused_adam" with --fused-adam) with the command line, UTC
+"train_throughput", suffixed per option (`_cuda`, `_bf16`, `_compile`, `_fused_adam`, in that
+order: "train_throughput_compile", ...), with the command line, UTC
 date and machine (benchmarks/_results.py).
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _flops import matmul_peak_flops, train_flops_per_image
+from _flops import matmul_peak_flops, synchronize, train_flops_per_image
 from _results import add_save_argument, emit
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -66,11 +67,6 @@ class ReferenceVAE(nn.Module):  # the PyTorch examples VAE
         mu, logvar = self.fc21(h), self.fc22(h)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.fc4(F.relu(self.fc3(z))), mu, logvar
-
-
-def _sync(device: str) -> None:
-    if device != "cpu":
-        torch.cuda.synchronize()
 
 
 def reference_throughput(root: Path, batch_size: int, epochs: int, images: int | None, device: str = "cpu") -> float:
@@ -96,7 +92,7 @@ def reference_throughput(root: Path, batch_size: int, epochs: int, images: int |
             loss.backward()
             opt.step()
             seen += x.shape[0]
-        _sync(device)
+        synchronize(device)
         rates.append(seen / (time.perf_counter() - started))
     return sum(rates[1:]) / len(rates[1:])
 
@@ -187,7 +183,6 @@ def main() -> None:
             "batch_size": bs,
             "reference_images_per_sec": round(ref),
             "vaezoo_images_per_sec": round(ours),
-
             "vaezoo_dynamic_binarisation_images_per_sec": round(dyn),
             "speedup_vs_reference": round(ours / ref, 2),
             "vaezoo_train_gflops": round(ours * TRAIN_FLOPS_PER_IMAGE / 1e9, 1),
@@ -222,7 +217,8 @@ def main() -> None:
     emit(name, {"benchmark": "train_throughput", "torch_threads": torch.get_num_threads(), "device": device_name,
                 "vaezoo_autocast": args.autocast, "vaezoo_compile": args.compile,
                 "matmul_peak_gflops": round(peak / 1e9, 1),
-                "bf16_matmul_peak_gflops": round(bf16_peak / 1e9, 1) if bf16_peak else None, "train_mflop_per_image": round(TRAIN_FLOPS_PER_IMAGE / 1e6, 3),
+                "bf16_matmul_peak_gflops": round(bf16_peak / 1e9, 1) if bf16_peak else None,
+                "train_mflop_per_image": round(TRAIN_FLOPS_PER_IMAGE / 1e6, 3),
                 "epochs_measured": args.epochs - 1, "vaezoo_fused_adam": args.fused_adam,
                 "train_images": args.train_images or 60000, "results": rows, "targets_met": targets}, args.save)
 

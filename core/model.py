@@ -59,8 +59,8 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of q(z | x [, c]); deterministic. Half-precision network
-        outputs become float32 here and in decode/prior_params (a no-op unless train.autocast runs the networks
-        in bf16): densities, KL and log-likelihood sums stay in float32."""
+        outputs become float32 here and in decode/prior_params (a no-op unless train.autocast runs
+        the networks in bf16): densities, KL and log-likelihood sums stay in float32."""
         mean, logvar = self.encoder(x, c)
         return _full_precision(mean), _full_precision(logvar)
 

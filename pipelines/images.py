@@ -2,7 +2,7 @@
 
 The layout and pixels are torchvision's `save_image(images, nrow=..., padding=2, pad_value=1.0)`
 (tests/test_images.py checks equality), written with NumPy and Pillow: importing torchvision
-pulls in torch._dynamo and cost about 5 s of every `vaezoo train` command here.
+pulls in torch._dynamo, and importing pipelines.artifacts took 5.6 s with it, 3.1 s without.
 """
 from __future__ import annotations
 

@@ -18,12 +18,11 @@ def _run(config, data):
 
 
 @pytest.mark.parametrize("name", ALL_VARIANTS)
-def test_bf16_autocast_runs_the_networks_in_bf16_and_keeps_densities_float32(name, prepared):
+def test_bf16_autocast_runs_the_networks_in_bf16_and_keeps_densities_float32(name, prepared, monkeypatch):
     config = small_config(name, epochs=2, autocast="bf16")
     assert small_config(name).train.autocast == "off"
     seen: list[torch.dtype] = []
-    variant, history = None, []
-    # Record the dtype the encoder's first layer computes in during training steps.
+    # Record the dtype every linear layer computes in while autocast is on (the training steps).
     original = torch.nn.Linear.forward
 
     def spy(self, x):
@@ -32,15 +31,13 @@ def test_bf16_autocast_runs_the_networks_in_bf16_and_keeps_densities_float32(nam
             seen.append(out.dtype)
         return out
 
-    torch.nn.Linear.forward = spy
-    try:
-        variant, history = _run(config, prepared)
-    finally:
-        torch.nn.Linear.forward = original
+    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    variant, history = _run(config, prepared)
+    monkeypatch.undo()
     assert seen and set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in variant.parameters())
     assert all(v.dtype == torch.float32 for v in history[-1][1]["model"].values() if v.is_floating_point())
-    reference, ref_history = _run(small_config(name, epochs=2), prepared)
+    _, ref_history = _run(small_config(name, epochs=2), prepared)
     bf16_elbo, fp32_elbo = history[-1][0]["train/elbo"], ref_history[-1][0]["train/elbo"]
     assert bf16_elbo == pytest.approx(fp32_elbo, rel=0.05), (bf16_elbo, fp32_elbo)
 
