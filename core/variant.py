@@ -56,6 +56,14 @@ class Variant(nn.Module):
     # Set by semi-supervised variants: the trainer then draws a labelled batch beside each batch.
     semi_supervised: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
+    # Capability: p(x) has a likelihood, so the importance-sampled NLL applies (a deterministic
+    # adversarial autoencoder has none).
+    has_likelihood: ClassVar[bool] = True
+
+    @property
+    def uses_labels(self) -> bool:
+        """Capability: encode/condition read a batch's labels (cvae's label condition, m2)."""
+        return False
 
     def __init__(self, model_cfg: ModelConfig, shape: DataShape, num_classes: int, options: VariantOptions):
         super().__init__()

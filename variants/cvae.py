@@ -50,6 +50,10 @@ class ConditionalVAE(Variant):
             self.register_buffer("visible_mask", quadrant_mask(s.channels, s.height, s.width, self.options.visible_quadrants))
         return VAE(self.model_cfg, s, cond_dim=cond_dim, conditional_prior=True)
 
+    @property
+    def uses_labels(self):
+        return self.options.condition == "label"
+
     def condition(self, x, y):
         """(c, target_mask): what the model is given and which pixels it is scored on."""
         if self.options.condition == "label":

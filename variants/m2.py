@@ -32,6 +32,7 @@ class M2(Variant):
     description = "Semi-supervised: classifier q(y|x), label summed out on unlabelled data, alpha-weighted classification loss"
     Options = M2Options
     semi_supervised = True
+    uses_labels = True
 
     def build_vae(self):
         if self.num_classes < 2:
