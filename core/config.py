@@ -52,6 +52,25 @@ class DataConfig(_Section):
     test_limit: int | None = Field(None, ge=1)
 
 
+class ObjectiveConfig(_Section):
+    """What training maximises, chosen independently of the variant (core/objectives.py):
+    `elbo` (beta weights the KL, `samples` z draws average the reconstruction) or `iwae`
+    (Burda et al.'s k-sample importance-weighted bound)."""
+    name: Literal["elbo", "iwae"] = "elbo"
+    beta: float = Field(1.0, ge=0, description="elbo: KL weight; 1 is the ELBO")
+    samples: int = Field(1, ge=1, le=10_000, description="elbo: z samples per example for the reconstruction term")
+    k: int = Field(5, ge=1, le=10_000, description="iwae: importance samples per example")
+
+    @model_validator(mode="after")
+    def _fields_of_this_objective(self) -> "ObjectiveConfig":
+        # A field of the other objective would be silently ignored: refuse it instead.
+        unused = {"elbo": {"k": 5}, "iwae": {"beta": 1.0, "samples": 1}}[self.name]
+        for field, default in unused.items():
+            if getattr(self, field) != default:
+                raise ValueError(f"objective.{field} does not apply to the {self.name} objective")
+        return self
+
+
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -82,8 +101,37 @@ class RunConfig(_Section):
     variant_name: str = Field("vae", alias="variant_name")
     model: ModelConfig = Field(default_factory=ModelConfig)
     variant: dict[str, Any] = Field(default_factory=dict)
+    # None: the variant's own default (iwae's is the k=5 bound); variants with objectives of
+    # their own (no `objectives` they accept) keep None.
+    objective: ObjectiveConfig | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_objective(cls, raw: Any) -> Any:
+        """The variant's default objective where the config names none, and the objective options
+        of older configs moved out of the variant section (vae: beta, samples; iwae: k), so their
+        run folders, checkpoints and registered models load and train exactly as before."""
+        if not isinstance(raw, dict):
+            return raw
+        from core.registry import get_variant
+
+        try:
+            variant_cls = get_variant(raw.get("variant_name", "vae"))
+        except KeyError:
+            return raw  # the after-validator names the unknown variant
+        variant = raw.get("variant") if isinstance(raw.get("variant"), dict) else {}
+        moved = {k: v for k, v in variant.items() if k in variant_cls.objective_options_in_variant}
+        objective = raw.get("objective")
+        if not variant_cls.objectives or not (objective is None or isinstance(objective, dict)):
+            return raw
+        raw = dict(raw)
+        if moved:
+            raw["variant"] = {k: v for k, v in variant.items() if k not in moved}
+        objective = {**(objective or {}), **moved}
+        raw["objective"] = objective if "name" in objective else {**variant_cls.default_objective, **objective}
+        return raw
 
     @model_validator(mode="after")
     def _validate_variant_options(self) -> "RunConfig":
@@ -100,6 +148,15 @@ class RunConfig(_Section):
             # Re-root the variant's own errors under "variant." so the message names the field.
             raise ValueError(format_validation_error(err, prefix="variant.", header=False)) from None
         object.__setattr__(self, "variant", options.model_dump(mode="json"))
+        if not cls.objectives:
+            if self.objective is not None:
+                raise ValueError(f"objective: the {self.variant_name} variant trains on losses of its own; "
+                                 f"leave the objective section out")
+        elif self.objective is None:
+            object.__setattr__(self, "objective", ObjectiveConfig.model_validate(cls.default_objective))
+        elif self.objective.name not in cls.objectives:
+            raise ValueError(f"objective.name: {self.objective.name} does not apply to the {self.variant_name} "
+                             f"variant (it trains on: {', '.join(cls.objectives)})")
         return self
 
     def variant_options(self):
@@ -142,15 +199,18 @@ class RunConfig(_Section):
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
         """Apply dotted-key overrides such as {"train.epochs": 3, "variant.k": 5}."""
         raw = self.to_dict()
-        for key, value in overrides.items():
+        # A new objective name first: the old objective's fields do not carry over to it.
+        for key, value in sorted(overrides.items(), key=lambda kv: kv[0] != "objective.name"):
             parts = key.split(".")
             node = raw
             for part in parts[:-1]:
                 if not isinstance(node.get(part), dict):
                     raise ConfigError(f"{key}: unknown config section {part!r}")
                 node = node[part]
-            if parts[0] != "variant" and len(parts) > 1 and parts[-1] not in node:
+            if parts[0] not in ("variant", "objective") and len(parts) > 1 and parts[-1] not in node:
                 raise ConfigError(f"{key}: unknown field")
+            if key == "objective.name" and node.get("name") != value:
+                node.clear()
             node[parts[-1]] = value
         return RunConfig.from_dict(raw)
 

@@ -21,19 +21,28 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Average gradients over workers in one flat all-reduce (the model is small: one message
-    beats one per tensor). Parameters without a gradient contribute zeros, so every rank sends
-    the same layout."""
+    beats one per tensor), keeping "no gradient" as no gradient, as one process would.
+
+    Each rank sends every parameter (zeros where it has no gradient) and a flag saying whether it
+    had one. A parameter no rank computed a gradient for stays at None, so the optimiser skips it
+    exactly as in one process. One used on some ranks only gets the sum over those ranks divided
+    by the world size: with each rank's loss scaled by its share of the global batch, that is the
+    gradient one process would compute on the whole global batch."""
     _, size = world()
     if size == 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    had = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [had])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= size
+    flat[:-len(params)] /= size
+    present = flat[-len(params):].cpu() > 0
     offset = 0
-    for p in params:
+    for p, any_rank in zip(params, present):
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone() if p.grad is None else p.grad.copy_(flat[offset:offset + n].view_as(p))
+        if any_rank:
+            averaged = flat[offset:offset + n].view_as(p)
+            p.grad = averaged.clone() if p.grad is None else p.grad.copy_(averaged)
         offset += n
 
 

@@ -30,6 +30,14 @@ def _shard(n: int) -> torch.Tensor:
     return torch.arange(rank, n, size)
 
 
+def active_units(count: torch.Tensor, sum_means: torch.Tensor, sum_sq_means: torch.Tensor,
+                 threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies over the data, Cov_x(E_q[z_d]) > threshold
+    (Burda et al.), from the count, sum and sum of squares of the means (sums reduce over workers)."""
+    variance = (sum_sq_means - sum_means.pow(2) / count) / (count - 1).clamp(min=1)  # unbiased
+    return int((variance > threshold).sum())
+
+
 @torch.no_grad()
 def evaluate(variant: Variant, ds: ImageDataset, *, nll_samples: int = 0, nll_examples: int | None = None,
              batch_size: int = 500, nll_rows: int = 2500, device="cpu", progress: bool = False) -> dict[str, float]:
@@ -54,10 +62,8 @@ def evaluate(variant: Variant, ds: ImageDataset, *, nll_samples: int = 0, nll_ex
     total = packed[len(names)]
     out = {n: float(packed[i] / total) for i, n in enumerate(names)}
     latent = (len(packed) - len(names) - 1) // 2
-    s1 = packed[len(names) + 1: len(names) + 1 + latent]
-    s2 = packed[len(names) + 1 + latent:]
-    variance = (s2 - s1.pow(2) / total) / (total - 1).clamp(min=1)  # unbiased variance of E_q[z] over the data
-    out["active_units"] = int((variance > 0.01).sum())
+    out["active_units"] = active_units(total, packed[len(names) + 1: len(names) + 1 + latent],
+                                       packed[len(names) + 1 + latent:])
     if nll_samples > 0:
         out["nll"] = negative_log_likelihood(variant, ds, nll_samples, nll_examples, batch_size=min(batch_size, 100),
                                              rows_per_chunk=nll_rows, device=device, progress=progress)

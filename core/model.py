@@ -7,6 +7,7 @@ of: log p(x|z), log p(z), log q(z|x) for k samples and the analytic KL.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -82,11 +83,14 @@ class VAE(nn.Module):
         return _full_precision(mean), _full_precision(logvar)
 
     def terms(self, x_in: torch.Tensor, target: torch.Tensor, k: int = 1, c: torch.Tensor | None = None,
-              target_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Terms:
-        """Encode `x_in`, score `target`: the denoising variant passes a corrupted x_in and a clean target."""
+              target_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+              transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Terms:
+        """Encode `x_in`, score `target`: the denoising variant passes a corrupted x_in and a clean
+        target. `transform` maps the sampled latents before they are decoded (DC-IGN clamps them);
+        densities of z are taken at the sampled, untransformed latents."""
         mean, logvar = self.encode(x_in, c)
         z = self.sample_latent(mean, logvar, k, generator)
-        params = self.decode(z, c)
+        params = self.decode(z if transform is None else transform(z), c)
         log_px_z = self.likelihood.log_prob(params, target, target_mask)
         prior_mean, prior_logvar = self.prior_params(c)
         if prior_mean is None:

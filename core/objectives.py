@@ -1,15 +1,21 @@
-"""Objectives as functions of log-weights, separate from any model (in the style of Pyro).
+"""Objectives over one model, chosen in the config (in the style of Pyro's Trace_ELBO / RenyiELBO).
 
-Shapes: log-weights are (k, B) for k samples of each of B examples. Every bound is returned per
-example in nats; callers take the batch mean. Positive numbers are log-likelihoods, so a loss is
-the negative of a bound.
+The functions work on log-weights and terms; the classes below (`ELBO`, `IWAEBound`,
+`LabelEnumerated`) are what a variant trains on. Shapes: log-weights are (k, B) for k samples of
+each of B examples. Every bound is returned per example in nats; callers take the batch mean.
+Positive numbers are log-likelihoods, so a loss is the negative of a bound.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
+
+if TYPE_CHECKING:
+    from core.config import ObjectiveConfig
+    from core.model import Terms
 
 
 def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor,
@@ -34,11 +40,6 @@ def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor | None = None, logvar:
 def elbo_analytic(log_px_z: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
     """ELBO = E_q[log p(x|z)] - KL(q || p): Monte-Carlo reconstruction (mean over k), analytic KL."""
     return log_px_z.mean(0) - kl
-
-
-def elbo_monte_carlo(log_w: torch.Tensor) -> torch.Tensor:
-    """ELBO estimated from log-weights alone: the mean over samples of log w."""
-    return log_w.mean(0)
 
 
 def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
@@ -77,6 +78,108 @@ def estimate_log_likelihood(log_weights: Callable[[int], torch.Tensor], num_samp
     return running - math.log(count)
 
 
-def active_units(posterior_means: torch.Tensor, threshold: float = 0.01) -> int:
-    """Latent dimensions whose posterior mean varies over the data: Cov_x(E_q[z_d]) > threshold (Burda et al.)."""
-    return int((posterior_means.double().var(dim=0, unbiased=True) > threshold).sum())
+
+# -- objectives as objects ------------------------------------------------------------------------
+
+def bound_metrics(elbo: torch.Tensor, kl: torch.Tensor, log_px_z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The metric names every variant logs (batch means, nats per example); `bound` is the number
+    the objective maximises, the ELBO unless an objective says otherwise."""
+    return {"bound": elbo.mean(), "elbo": elbo.mean(), "kl": kl.mean(), "recon": log_px_z.mean()}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A bound on log p(x) computed from the terms of one forward pass with `samples` latent draws.
+
+    `train_bound` is what training maximises per example (for a beta-ELBO not itself a bound),
+    `metrics` the logged numbers, with `bound` the objective's own value.
+    """
+    name: ClassVar[str]
+
+    @property
+    def samples(self) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, cfg: "ObjectiveConfig") -> "Objective":
+        raise NotImplementedError
+
+    def train_bound(self, terms: "Terms") -> torch.Tensor:
+        raise NotImplementedError
+
+    def metrics(self, terms: "Terms", train_bound: torch.Tensor) -> dict[str, torch.Tensor]:
+        return bound_metrics(elbo_analytic(terms.log_px_z, terms.kl), terms.kl, terms.log_px_z)
+
+
+@dataclass(frozen=True)
+class ELBO(Objective):
+    """E_q[log p(x|z)] - beta KL(q || p), the reconstruction averaged over `num_samples` draws
+    (Kingma & Welling's L; Burda et al.'s "VAE, k samples"); beta != 1 is Higgins et al.'s beta-VAE."""
+    beta: float = 1.0
+    num_samples: int = 1
+    name: ClassVar[str] = "elbo"
+
+    @property
+    def samples(self) -> int:
+        return self.num_samples
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(beta=cfg.beta, num_samples=cfg.samples)
+
+    def train_bound(self, terms):
+        return terms.log_px_z.mean(0) - self.beta * terms.kl
+
+
+@dataclass(frozen=True)
+class IWAEBound(Objective):
+    """Burda et al. (2016): log (1/k) sum_i w_i, tighter than the ELBO as k grows. The logged
+    `bound` is this number; ELBO, KL and reconstruction come from the same k samples."""
+    k: int = 5
+    name: ClassVar[str] = "iwae"
+
+    @property
+    def samples(self) -> int:
+        return self.k
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(k=cfg.k)
+
+    def train_bound(self, terms):
+        return iwae_bound(terms.log_w)
+
+    def metrics(self, terms, train_bound):
+        return super().metrics(terms, train_bound) | {"bound": train_bound.mean()}
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"elbo": ELBO, "iwae": IWAEBound}
+
+
+def make_objective(cfg: "ObjectiveConfig") -> Objective:
+    """The objective object an `objective:` config section names."""
+    return OBJECTIVES[cfg.name].from_config(cfg)
+
+
+@dataclass(frozen=True)
+class LabelEnumerated:
+    """A discrete label summed out exactly (Kingma et al. 2014, eq. 7) around any inner objective:
+    sum_y q(y|x) [bound(x, y) + log p(y)] + H(q(y|x)), with a uniform p(y)."""
+    inner: Objective
+    num_classes: int
+
+    @property
+    def log_prior_y(self) -> float:
+        return -math.log(self.num_classes)
+
+    def labelled_bound(self, terms: "Terms") -> torch.Tensor:
+        """bound(x, y) + log p(y) for the label the terms were conditioned on, per example."""
+        return self.inner.train_bound(terms) + self.log_prior_y
+
+    def unlabelled_bound(self, terms_per_label: "Terms", log_qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bound, reconstruction) per example from terms computed for every label at once, the
+        examples repeated label by label (Y*B rows), and log q(y|x) of shape (Y, B)."""
+        n_cls, b = log_qy.shape
+        bound_y = self.labelled_bound(terms_per_label).view(n_cls, b)
+        recon_y = terms_per_label.log_px_z.mean(0).view(n_cls, b)
+        return enumerated_elbo(bound_y, log_qy), (log_qy.exp() * recon_y).sum(0)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from core.config import ConfigError, RunConfig
 from core.networks import DataShape
+from core.objectives import make_objective
 from core.registry import get_variant
 from core.variant import Variant
 
@@ -39,7 +40,8 @@ def package_version() -> str:
 
 def build_variant(config: RunConfig, shape: DataShape, num_classes: int) -> Variant:
     cls = get_variant(config.variant_name)
-    return cls(config.model, shape, num_classes, config.variant_options())
+    objective = None if config.objective is None else make_objective(config.objective)
+    return cls(config.model, shape, num_classes, config.variant_options(), objective)
 
 
 def model_metadata(variant: Variant, config: RunConfig) -> dict[str, Any]:

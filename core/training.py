@@ -22,23 +22,19 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from core.batches import TrainingSource, epoch_permutation  # noqa: F401  (epoch_permutation re-exported)
 from core.config import RunConfig
-from core.data import PreparedData, labelled_subset, prepare_data, to_float
+from core.data import PreparedData, prepare_data
 from core.distributed import all_reduce_sum, average_gradients, gather_objects, world
 from core.evaluation import evaluate
 from core.serialization import build_variant, load_state
-from core.variant import Batch, Variant
+from core.variant import Variant
 
 Report = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; raised before the optimiser step, so no bad update is made."""
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The same permutation on every rank, a new one each epoch."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def lr_factor(schedule: str, epochs: int) -> Callable[[int], float]:
@@ -67,10 +63,6 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
-
-
 def print_report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None:
     keys = ["train/bound", "train/elbo", "train/kl", "test/elbo", "test/nll", "test/active_units", "test/accuracy",
             "train/images_per_sec"]
@@ -95,18 +87,19 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     variant = build_variant(cfg, data.shape, data.num_classes).to(device)
     if tcfg.compile:  # in place (nn.Module.compile): parameter names and checkpoints are unchanged
-        variant.vae.encoder.compile()
-        variant.vae.decoder.compile()
+        for network in variant.networks():
+            network.compile()
     optimizers = variant.configure_optimizers(tcfg)
     schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tcfg.lr_schedule, tcfg.epochs))
                   for name, opt in optimizers.items()}
     groups = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in optimizers.items()}
+    phases = variant.phases or (tuple(optimizers),)
+    # One group keeps the plain metric names; several are namespaced (train/<group>/<metric>) so
+    # same-named metrics of different groups are never added together.
+    metric_name = (lambda group, key: key) if len(optimizers) == 1 else (lambda group, key: f"{group}/{key}")
 
-    labelled = None
-    if variant.num_labelled() is not None:
-        if train_set.labels is None:
-            raise ValueError(f"{variant.name} needs a labelled dataset; {train_set.name} has no labels")
-        labelled = labelled_subset(data.train.labels, variant.num_labelled(), data.num_classes, seed=tcfg.seed).to(device)
+    source = TrainingSource(train_set, data.dynamic_train, device)
+    variant.prepare_training(source, tcfg)
 
     start_epoch = 1
     torch.manual_seed(tcfg.seed + 1 + rank)  # each rank its own noise stream
@@ -122,43 +115,44 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
         else:
             torch.manual_seed(tcfg.seed + 1 + rank + 7919 * start_epoch)
 
-    n_train, batch_size = len(train_set), tcfg.batch_size
-    steps = -(-n_train // batch_size)
     show = tcfg.progress and rank == 0
     for epoch in range(start_epoch, tcfg.epochs + 1):
         variant.train()
-        perm = epoch_permutation(n_train, tcfg.seed, epoch).to(device)
+        batches = variant.epoch_batches(source, tcfg.batch_size, tcfg.seed, epoch)
         sums: dict[str, torch.Tensor] = {}
         seen = torch.zeros((), dtype=torch.float64)
         started = time.perf_counter()
-        for step in tqdm(range(steps), desc=f"epoch {epoch}/{tcfg.epochs}", disable=not show, leave=False):
-            global_idx = perm[step * batch_size:(step + 1) * batch_size]
+        for step, global_idx in enumerate(tqdm(batches, desc=f"epoch {epoch}/{tcfg.epochs}", disable=not show,
+                                               leave=False)):
             local_idx = global_idx.tensor_split(size)[rank]
             # Scaling by the local share makes the averaged gradient the full global-batch mean.
             share = len(local_idx) * size / len(global_idx)
-            batch = Batch(to_float(train_set.images[local_idx], data.dynamic_train),
-                          None if train_set.labels is None else train_set.labels[local_idx])
-            if labelled is not None:
-                pick = labelled[torch.randint(len(labelled), (variant.options.labelled_batch_size,), device=device)]
-                batch.x_labelled = to_float(train_set.images[pick], data.dynamic_train)
-                batch.y_labelled = train_set.labels[pick]
-            for name, opt in optimizers.items():
-                opt.zero_grad(set_to_none=True)
+            batch = variant.draw_batch(source, local_idx)
+            for phase in phases:
+                for name in phase:
+                    optimizers[name].zero_grad(set_to_none=True)
                 if len(local_idx):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.autocast == "bf16"):
-                        out = variant.training_step(batch, name)
-                    if not torch.isfinite(out.loss):
-                        raise NonFiniteLossError(
-                            f"non-finite loss ({out.loss.item()}) at epoch {epoch}, step {step + 1}/{steps}, "
-                            f"optimiser {name!r}, batch of examples {local_idx[:8].tolist()}...; "
-                            f"the last good checkpoint is kept (try a lower train.lr or train.grad_clip)")
-                    (out.loss * share).backward()
-                    for key, value in out.metrics.items():
-                        sums[key] = sums.get(key, 0.0) + value.detach().double() * len(local_idx)
-                average_gradients(groups[name])
-                if tcfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(groups[name], tcfg.grad_clip)
-                opt.step()
+                        outputs = variant.losses(batch, phase)
+                    for i, name in enumerate(phase):
+                        out = outputs[name]
+                        if not torch.isfinite(out.loss):
+                            raise NonFiniteLossError(
+                                f"non-finite loss ({out.loss.item()}) at epoch {epoch}, step {step + 1}/{len(batches)}, "
+                                f"optimiser {name!r}, batch of examples {local_idx[:8].tolist()}...; "
+                                f"the last good checkpoint is kept (try a lower train.lr or train.grad_clip)")
+                        if len(optimizers) == 1:
+                            (out.loss * share).backward()
+                        else:  # each group's loss reaches only its own parameters
+                            (out.loss * share).backward(inputs=groups[name], retain_graph=i < len(phase) - 1)
+                        for key, value in out.metrics.items():
+                            key = metric_name(name, key)
+                            sums[key] = sums.get(key, 0.0) + value.detach().double() * len(local_idx)
+                for name in phase:
+                    average_gradients(groups[name])
+                    if tcfg.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(groups[name], tcfg.grad_clip)
+                    optimizers[name].step()
             seen += len(local_idx)
         for sched in schedulers.values():
             sched.step()

@@ -19,7 +19,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--config", help="YAML or JSON config file; flags and --set override it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set variant.k=5 --set model.architecture=conv")
+                   help="override any config field, e.g. --set objective.k=5 --set model.architecture=conv")
     p.add_argument("--seed", type=int)
     p.add_argument("--output", help="run folder; the trained model is saved there (default runs/<variant>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")

@@ -195,7 +195,8 @@ def job_config(budget: Budget, job: Job) -> RunConfig:
     base = budget.base_config()
     if job.kind != "variant":
         return base
-    raw = base.to_dict() | {"variant_name": job.variant, "variant": dict(job.options)}
+    # The job's variant brings its own default objective (the base config's is the vae's).
+    raw = base.to_dict() | {"variant_name": job.variant, "variant": dict(job.options), "objective": None}
     return RunConfig.from_dict(raw)
 
 

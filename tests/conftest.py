@@ -33,7 +33,7 @@ N_TEST = 128
 # Options per variant for the small test models (m2 keeps 10 labels per class).
 VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
     "vae": {},
-    "iwae": {"k": 5},
+    "iwae": {},  # the preset: the k=5 IWAE bound
     "dvae": {"corruption": "salt_and_pepper", "noise_level": 0.1},
     "cvae": {"condition": "label"},
     "m2": {"num_labels": 40, "labelled_batch_size": 32},

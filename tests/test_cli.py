@@ -14,7 +14,7 @@ from PIL import Image
 
 import pipelines.local
 from conftest import N_TEST, N_TRAIN, make_images, write_idx_folder
-from core.training import load_checkpoint
+from core.serialization import read_checkpoint as load_checkpoint
 from pipelines.cli import main
 
 ALL_VARIANTS = ["vae", "iwae", "cvae", "dvae", "m2"]

@@ -30,9 +30,9 @@ def _error(raw) -> str:
     ({"model": {"fixed_sigma": 0}}, "model.fixed_sigma"),
     ({"data": {"binarize": "sometimes"}}, "data.binarize"),
     ({"data": {"train_limit": 0}}, "data.train_limit"),
-    ({"variant_name": "iwae", "variant": {"k": 0}}, "variant.k"),
+    ({"variant_name": "iwae", "variant": {"k": 0}}, "objective.k"),  # an older config's option, now the objective's
     ({"variant_name": "iwae", "variant": {"bogus": 3}}, "variant.bogus"),
-    ({"variant_name": "vae", "variant": {"beta": -0.5}}, "variant.beta"),
+    ({"variant_name": "vae", "variant": {"beta": -0.5}}, "objective.beta"),
     ({"variant_name": "dvae", "variant": {"corruption": "masking", "noise_level": 2}}, "variant.noise_level"),
     ({"variant_name": "dvae", "variant": {"corruption": "blur"}}, "variant.corruption"),
     ({"variant_name": "cvae", "variant": {"visible_quadrants": 4}}, "variant.visible_quadrants"),
@@ -64,11 +64,11 @@ def test_dvae_gaussian_noise_level_may_exceed_one():
 
 def test_defaults_and_variant_options_are_filled():
     config = RunConfig.from_dict({"variant_name": "iwae"})
-    assert config.variant == {"k": 5}
-    assert config.variant_options().k == 5
+    assert config.variant == {} and config.objective.name == "iwae" and config.objective.k == 5
     assert config.model.latent_dim == 20 and config.model.architecture == "mlp"
     assert config.train.lr == 1e-3 and config.data.binarize == "dynamic"
-    assert RunConfig().variant_name == "vae" and RunConfig().variant == {"beta": 1.0, "samples": 1}
+    assert RunConfig().variant_name == "vae" and RunConfig().variant == {}
+    assert RunConfig().objective.model_dump() == {"name": "elbo", "beta": 1.0, "samples": 1, "k": 5}
 
 
 def _rich_config() -> RunConfig:
@@ -117,10 +117,10 @@ def test_with_overrides_on_dotted_keys():
     config = RunConfig.from_dict({"variant_name": "iwae"})
     new = config.with_overrides({"train.epochs": 3, "variant.k": 7, "model.hidden_dims": [8, 4],
                                  "data.train_limit": None, "model.latent_dim": 2})
-    assert new.train.epochs == 3 and new.variant == {"k": 7} and new.variant_options().k == 7
+    assert new.train.epochs == 3 and new.variant == {} and new.objective.k == 7
     assert new.model.hidden_dims == [8, 4] and new.model.latent_dim == 2 and new.data.train_limit is None
     # the original is untouched and everything else is kept
-    assert config.train.epochs == 10 and config.variant == {"k": 5}
+    assert config.train.epochs == 10 and config.objective.k == 5
     assert new.model.conv_channels == config.model.conv_channels and new.train.lr == config.train.lr
     assert new.with_overrides({}) == new
 
@@ -129,7 +129,9 @@ def test_with_overrides_on_dotted_keys():
     ({"train.bogus": 1}, "train.bogus"),
     ({"nosection.x": 1}, "nosection"),
     ({"model.latent_dim": 0}, "model.latent_dim"),
-    ({"variant.k": 0}, "variant.k"),
+    ({"variant.k": 0}, "objective.k"),
+    ({"objective.k": 0}, "objective.k"),
+    ({"objective.beta": 2}, "objective.beta"),  # a field of the other objective
     ({"variant.beta": 1}, "variant.beta"),  # an option of another variant
 ])
 def test_with_overrides_fails_naming_the_key(overrides, field):
@@ -160,7 +162,7 @@ def test_command_line_overrides_reach_typed_fields():
                                                   "data.test_limit=50", "train.grad_clip=null"])
     config = RunConfig.from_dict({"variant_name": "iwae"}).with_overrides(overrides)
     assert config.train.lr == 1e-4 and isinstance(config.train.lr, float)
-    assert config.model.hidden_dims == [16] and config.variant == {"k": 3}
+    assert config.model.hidden_dims == [16] and config.objective.k == 3
     assert config.data.test_limit == 50 and config.train.grad_clip is None
 
 

@@ -27,7 +27,8 @@ import ray
 from core.config import RunConfig  # noqa: E402
 from core.data import prepare_data, to_float, write_idx  # noqa: E402
 from core.serialization import build_variant, load_model  # noqa: E402
-from core.training import epoch_permutation, load_checkpoint, train  # noqa: E402
+from core.serialization import read_checkpoint as load_checkpoint
+from core.training import epoch_permutation, train  # noqa: E402
 from core.variant import Batch  # noqa: E402
 from pipelines.ray_train import RAY_RUN, run_ray  # noqa: E402
 
@@ -118,7 +119,7 @@ def whole_batch_reference(config: RunConfig, world_size: int, average: bool = Tr
                 torch.set_rng_state(streams[rank])
                 variant.zero_grad(set_to_none=True)
                 labels = None if data.train.labels is None else data.train.labels[local_idx]
-                out = variant.training_step(Batch(to_float(data.train.images[local_idx]), labels), name)
+                out = variant.losses(Batch(to_float(data.train.images[local_idx]), labels), (name,))[name]
                 streams[rank] = torch.get_rng_state()
                 out.loss.backward()
                 if not average and rank > 0:

@@ -44,7 +44,8 @@ from conftest import make_images, write_idx_folder
 from core.config import RunConfig
 from core.data import write_idx
 from core.serialization import WEIGHTS_FILE, save_model
-from core.training import epoch_permutation, load_checkpoint, train
+from core.serialization import read_checkpoint as load_checkpoint
+from core.training import epoch_permutation, train
 from pipelines.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -495,17 +496,17 @@ def test_non_finite_loss_names_epoch_step_and_batch_and_keeps_the_last_checkpoin
     batch's examples, epoch 1's checkpoint kept, the MLflow run FAILED; --resume goes on from it."""
     from variants.vae import VanillaVAE
 
-    real_step = VanillaVAE.training_step
+    real_losses = VanillaVAE.losses
     calls = {"n": 0}
 
-    def poisoned(self, batch, group):
-        out = real_step(self, batch, group)
+    def poisoned(self, batch, groups):
+        outputs = real_losses(self, batch, groups)
         calls["n"] += 1
         if calls["n"] == 4 + 3:
-            out.loss = out.loss * float("nan")
-        return out
+            outputs["model"].loss = outputs["model"].loss * float("nan")
+        return outputs
 
-    monkeypatch.setattr(VanillaVAE, "training_step", poisoned)
+    monkeypatch.setattr(VanillaVAE, "losses", poisoned)
     out = tmp_path / "run"
     assert main(_train(inputs["good"], out, "--set", "train.epochs=3", "--seed", "7")) == 1
     line = _error_line(capsys.readouterr().err, "train")
@@ -522,7 +523,7 @@ def test_non_finite_loss_names_epoch_step_and_batch_and_keeps_the_last_checkpoin
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert client.get_run(run_id).info.status == "FAILED"
 
-    monkeypatch.setattr(VanillaVAE, "training_step", real_step)
+    monkeypatch.setattr(VanillaVAE, "losses", real_losses)
     assert main(["train", "--resume", "--output", str(out), *TINY]) == 0, capsys.readouterr().err
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 3
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -72,7 +72,7 @@ def test_iwae_with_one_sample_trains_on_the_monte_carlo_elbo(seed, binary_batch)
     vae.load_state_dict(iwae.state_dict())  # ...made identical
     x = binary_batch[:32]
     torch.manual_seed(seed)
-    out = iwae.training_step(Batch(x), "model")
+    out = iwae.losses(Batch(x), ("model",))["model"]
     torch.manual_seed(seed)
     terms = vae.vae.terms(x, x)
     mc_elbo = terms.log_w.mean(0)  # elbo_monte_carlo
@@ -84,7 +84,7 @@ def test_iwae_logged_bound_is_the_k_sample_bound(binary_batch):
     iwae = _build("iwae", {"k": 7})
     x = binary_batch[:32]
     torch.manual_seed(4)
-    out = iwae.training_step(Batch(x), "model")
+    out = iwae.losses(Batch(x), ("model",))["model"]
     torch.manual_seed(4)
     log_w = iwae.vae.terms(x, x, k=7).log_w
     expected = (torch.logsumexp(log_w, 0) - math.log(7)).mean()
@@ -97,7 +97,7 @@ def test_vae_loss_weights_the_kl_by_beta_and_logs_the_true_elbo(beta, binary_bat
     variant = _build("vae", {"beta": beta})
     x = binary_batch[:32]
     torch.manual_seed(5)
-    out = variant.training_step(Batch(x), "model")
+    out = variant.losses(Batch(x), ("model",))["model"]
     torch.manual_seed(5)
     terms = variant.vae.terms(x, x)
     recon = terms.log_px_z.mean(0)
@@ -119,7 +119,7 @@ def test_dvae_encodes_the_corrupted_input_and_scores_the_clean_one(binary_batch,
 
     monkeypatch.setattr(core.model.VAE, "terms", spy)
     torch.manual_seed(0)
-    dvae.training_step(Batch(x), "model")
+    dvae.losses(Batch(x), ("model",))["model"]
     assert seen["target"] is x
     corrupted = seen["x_in"]
     assert not torch.equal(corrupted, x)
@@ -137,7 +137,7 @@ def test_dvae_corruptions_have_the_configured_strength(corruption, level):
     dvae = _build("dvae", {"corruption": corruption, "noise_level": level})
     x = torch.full((200, 1, 8, 8), 0.5)
     torch.manual_seed(1)
-    x_tilde = dvae.corrupt(x)
+    x_tilde = dvae.encoder_input(Batch(x))
     n = x.numel()
     if corruption == "gaussian":
         assert abs((x_tilde - x).std().item() - level) < 5 * level / math.sqrt(2 * n)
@@ -162,11 +162,12 @@ def test_quadrant_mask_shows_quadrants_in_reading_order():
 def test_cvae_quadrants_scores_only_the_hidden_pixels(binary_batch):
     cvae = _build("cvae", {"condition": "quadrants", "visible_quadrants": 1})
     x = binary_batch[:8]
-    c, hidden = cvae.condition(x, None)
+    cond = cvae.condition(Batch(x))
+    c, hidden = cond.c, cond.target_mask
     assert torch.equal(c[..., 4:, :], torch.zeros_like(c[..., 4:, :]))  # only top-left is shown
     assert torch.equal(c[..., :4, :4], x[..., :4, :4])
     torch.manual_seed(0)
-    terms = cvae._terms(Batch(x))
+    terms = cvae.terms(Batch(x))
     torch.manual_seed(0)
     mean, logvar = cvae.vae.encode(x, c)
     z = core.model.VAE.sample_latent(mean, logvar, 1)
@@ -181,7 +182,7 @@ def test_cvae_quadrants_scores_only_the_hidden_pixels(binary_batch):
 def test_cvae_with_labels_needs_labels(binary_batch):
     cvae = _build("cvae", {"condition": "label"})
     with pytest.raises(ValueError, match="labels"):
-        cvae.training_step(Batch(binary_batch[:4]), "model")
+        cvae.losses(Batch(binary_batch[:4]), ("model",))["model"]
 
 
 # -- 5. m2's unlabelled term is the explicit enumeration over labels -----------------------------
@@ -194,7 +195,8 @@ def test_m2_unlabelled_term_equals_explicit_enumeration(binary_batch, monkeypatc
     m2 = _build("m2").double()
     monkeypatch.setattr(core.model.VAE, "sample_latent", staticmethod(_no_noise))
     x = binary_batch[:12].double()
-    bound, recon, kl, log_qy = m2.unlabelled_terms(x)
+    bound, recon, log_qy = m2.unlabelled_bound(x)
+    kl = recon - bound  # what m2 logs as its kl
 
     with torch.no_grad():
         qy = torch.softmax(m2.classifier(x), dim=-1)  # (B, K)
@@ -242,7 +244,7 @@ def test_m2_importance_sampled_likelihood_is_above_the_enumerated_elbo(binary_ba
     torch.manual_seed(0)
     with torch.no_grad():
         # the enumerated ELBO uses one z per label: average 50 draws for a precise reference
-        elbo_draws = torch.stack([m2.unlabelled_terms(x)[0] for _ in range(50)]).double()
+        elbo_draws = torch.stack([m2.unlabelled_bound(x)[0] for _ in range(50)]).double()
         log_px = estimate_log_likelihood(lambda n: m2.log_weights(Batch(x), n), 500, chunk_size=100).double()
     elbo = elbo_draws.mean(0)
     assert log_px.shape == elbo.shape == (64,)
@@ -254,11 +256,12 @@ def test_m2_labelled_elbo_includes_log_prior_of_y(binary_batch):
     m2 = _build("m2")
     x, y = binary_batch[:6], torch.arange(6) % NUM_CLASSES
     torch.manual_seed(0)
-    elbo, recon, kl = m2.labelled_elbo(x, y)
+    own_terms = m2.terms(Batch(x, y))
+    elbo = m2.enumerated.labelled_bound(own_terms)
     torch.manual_seed(0)
     terms = m2.vae.terms(x, x, c=F.one_hot(y, NUM_CLASSES).float())
     torch.testing.assert_close(elbo, terms.log_px_z.mean(0) - terms.kl - math.log(NUM_CLASSES))
-    torch.testing.assert_close(kl, gaussian_kl(terms.mean, terms.logvar))
+    torch.testing.assert_close(own_terms.kl, gaussian_kl(terms.mean, terms.logvar))
 
 
 # -- 8. every variant learns on a small synthetic dataset ---------------------------------------
@@ -360,10 +363,9 @@ def test_fused_adam_is_opt_in_and_takes_the_same_steps_up_to_rounding(name):
         for step in range(3):
             part = slice(step * 16, (step + 1) * 16)
             batch = Batch(data.images[part].float() / 255.0, data.labels[part])
-            if variant.semi_supervised:
-                batch.x_labelled, batch.y_labelled = batch.x, batch.y
+            batch.x_labelled, batch.y_labelled = batch.x, batch.y  # read by m2 alone
             opt.zero_grad(set_to_none=True)
-            variant.training_step(batch, "model").loss.backward()
+            variant.losses(batch, ("model",))["model"].loss.backward()
             opt.step()
         results.append([p.detach().clone() for p in variant.parameters()])
     assert not small_config(name).train.fused_adam

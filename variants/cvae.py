@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from core.model import VAE
-from core.objectives import elbo_analytic
 from core.registry import register_variant
-from core.variant import StepOutput, Variant, VariantOptions
+from core.variant import Batch, Condition, Variant, VariantOptions
 
 
 class CVAEOptions(VariantOptions):
@@ -54,62 +53,26 @@ class ConditionalVAE(Variant):
     def uses_labels(self):
         return self.options.condition == "label"
 
-    def condition(self, x, y):
-        """(c, target_mask): what the model is given and which pixels it is scored on."""
+    def condition(self, batch):
+        """A label: its one-hot code. Quadrants: the visible pixels, and only the hidden ones scored."""
         if self.options.condition == "label":
-            if y is None:
+            if batch.y is None:
                 raise ValueError("cvae with condition=label needs labels for every example")
-            return F.one_hot(y, self.num_classes).to(x.dtype), None
-        return x * self.visible_mask, 1.0 - self.visible_mask
+            return Condition(F.one_hot(batch.y, self.num_classes).to(batch.x.dtype))
+        return Condition(batch.x * self.visible_mask, 1.0 - self.visible_mask)
 
-    def _terms(self, batch, k=1):
-        c, target_mask = self.condition(batch.x, batch.y)
-        return self.vae.terms(batch.x, batch.x, k=k, c=c, target_mask=target_mask)
-
-    def training_step(self, batch, group):
-        terms = self._terms(batch)
-        elbo = elbo_analytic(terms.log_px_z, terms.kl)
-        return StepOutput(-elbo.mean(), self._core_metrics(elbo, terms.kl, terms.log_px_z))
-
-    def evaluate(self, batch):
-        terms = self._terms(batch)
-        log_px_z = terms.log_px_z.mean(0)
-        return {"elbo": log_px_z - terms.kl, "kl": terms.kl, "recon": log_px_z}
-
-    def log_weights(self, batch, k):
-        return self._terms(batch, k).log_w
+    def label_condition(self, y, dtype=torch.float32):
+        if self.options.condition != "label":
+            raise ValueError("a quadrant-conditioned cvae generates and decodes only given visible quadrants: "
+                             "use complete()")
+        return F.one_hot(y, self.num_classes).to(dtype)
 
     def extra_test_metrics(self, metrics):
         return {"cond_nll": metrics["nll"]} if "nll" in metrics else {}
 
-    def encode(self, x, y=None):
-        return self.vae.encode(x, self.condition(x, y)[0])
-
-    @torch.no_grad()
-    def sample(self, n, generator=None, y=None):
-        if self.options.condition != "label":
-            raise ValueError("a quadrant-conditioned cvae generates completions of given images: use complete()")
-        device = next(self.parameters()).device
-        y = torch.arange(n, device=device) % self.num_classes if y is None else y
-        return self.vae.generate(n, c=F.one_hot(y, self.num_classes).float(), generator=generator)
-
-    @torch.no_grad()
-    def decode_mean(self, z, y=None):
-        """Label-conditioned decoding (class 0 unless `y` is given)."""
-        if self.options.condition != "label":
-            raise ValueError("a quadrant-conditioned cvae decodes only together with visible quadrants")
-        y = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if y is None else y
-        return self.vae.likelihood.mean(self.vae.decode(z, F.one_hot(y, self.num_classes).to(z.dtype)))
-
-    @torch.no_grad()
-    def reconstruct(self, batch):
-        c, _ = self.condition(batch.x, batch.y)
-        mean, _ = self.vae.encode(batch.x, c)
-        return self.vae.likelihood.mean(self.vae.decode(mean, c))
-
     @torch.no_grad()
     def complete(self, x, generator=None):
         """Quadrant completion: keep the visible pixels, fill the rest from z ~ p(z|c)."""
-        c, hidden = self.condition(x, None)
-        guess = self.vae.generate(x.shape[0], c=c, generator=generator)
-        return x * self.visible_mask + guess * hidden
+        cond = self.condition(Batch(x))
+        guess = self.vae.generate(x.shape[0], c=cond.c, generator=generator)
+        return x * self.visible_mask + guess * cond.target_mask

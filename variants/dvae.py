@@ -1,16 +1,16 @@
 """Im, Ahn, Memisevic & Bengio (2017): denoising criterion for variational auto-encoding.
 
-Only training changes: the encoder sees a corrupted x~ ~ p(x~|x) and the decoder is scored on the
-clean x. Evaluation, encoding and sampling use clean data (the inherited methods).
+Only the encoder's input in training changes: it sees a corrupted x~ ~ p(x~|x) and the decoder
+is scored on the clean x. Evaluation, encoding and sampling use clean data. Any objective applies:
+`--set objective.name=iwae` is Im et al.'s DIWAE.
 """
 from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from core.objectives import elbo_analytic
 from core.registry import register_variant
-from core.variant import StepOutput, Variant, VariantOptions
+from core.variant import Variant, VariantOptions
 
 
 def gaussian_noise(x, level):
@@ -48,10 +48,5 @@ class DenoisingVAE(Variant):
     description = "Encodes a corrupted input (Gaussian, salt-and-pepper or masking) and reconstructs the clean one"
     Options = DVAEOptions
 
-    def corrupt(self, x):
-        return CORRUPTIONS[self.options.corruption](x, self.options.noise_level)
-
-    def training_step(self, batch, group):
-        terms = self.vae.terms(self.corrupt(batch.x), batch.x)
-        elbo = elbo_analytic(terms.log_px_z, terms.kl)
-        return StepOutput(-elbo.mean(), self._core_metrics(elbo, terms.kl, terms.log_px_z))
+    def encoder_input(self, batch):
+        return CORRUPTIONS[self.options.corruption](batch.x, self.options.noise_level)

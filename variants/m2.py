@@ -1,20 +1,20 @@
 """Kingma, Rezende, Mohamed & Welling (2014): the semi-supervised M2 model.
 
 Adds a classifier q(y|x) and conditions encoder q(z|x,y) and decoder p(x|y,z) on the label, with
-a uniform p(y). Labelled examples train on ELBO(x, y) plus alpha times the classification loss;
-unlabelled ones sum the label out exactly: sum_y q(y|x) ELBO(x, y) + H(q(y|x)).
+a uniform p(y). Labelled examples train on the objective's bound of (x, y) plus alpha times the
+classification loss; unlabelled ones sum the label out exactly (core.objectives.LabelEnumerated,
+around whichever objective the config names: the ELBO, or the IWAE bound).
 """
-import math
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from core.data import labelled_subset
 from core.model import VAE
 from core.networks import mlp
-from core.objectives import enumerated_elbo, gaussian_kl
+from core.objectives import LabelEnumerated
 from core.registry import register_variant
-from core.variant import StepOutput, Variant, VariantOptions
+from core.variant import Batch, Condition, StepOutput, Variant, VariantOptions
 
 
 class M2Options(VariantOptions):
@@ -31,7 +31,6 @@ class M2(Variant):
     paper = "Kingma, Rezende, Mohamed & Welling 2014, Semi-Supervised Learning with Deep Generative Models (NeurIPS)"
     description = "Semi-supervised: classifier q(y|x), label summed out on unlabelled data, alpha-weighted classification loss"
     Options = M2Options
-    semi_supervised = True
     uses_labels = True
 
     def build_vae(self):
@@ -40,89 +39,75 @@ class M2(Variant):
         self.classifier = torch.nn.Sequential(
             torch.nn.Flatten(), mlp([self.shape.numel, *self.model_cfg.hidden_dims, self.num_classes],
                                     self.model_cfg.activation, final_activation=False))
+        self.enumerated = LabelEnumerated(self.objective, self.num_classes)
         return VAE(self.model_cfg, self.shape, cond_dim=self.num_classes)
-
-    def num_labelled(self):
-        return self.options.num_labels
 
     @property
     def alpha(self) -> float:
         return self.options.alpha if self.options.alpha is not None else 0.1 * self.options.num_labels
 
-    def _log_prior_y(self) -> float:
-        return -math.log(self.num_classes)
+    def classify(self, x):
+        return self.classifier(x).argmax(-1)
 
-    def _onehot(self, y, dtype):
+    # -- hooks: the label is the condition; a labelled batch rides beside each batch ---------------
+    def label_condition(self, y, dtype=torch.float32):
         return F.one_hot(y, self.num_classes).to(dtype)
 
-    def labelled_elbo(self, x, y):
-        """ELBO(x, y) = E_q(z|x,y)[log p(x|y,z)] - KL(q(z|x,y) || p(z)) + log p(y), per example."""
-        terms = self.vae.terms(x, x, c=self._onehot(y, x.dtype))
-        recon = terms.log_px_z.mean(0)
-        return recon - terms.kl + self._log_prior_y(), recon, terms.kl
+    def condition(self, batch):
+        """The batch's labels, or the classifier's most likely ones where it has none."""
+        y = self.classify(batch.x) if batch.y is None else batch.y
+        return Condition(self.label_condition(y, batch.x.dtype))
 
-    def unlabelled_terms(self, x):
-        """Label summed out exactly: (bound, recon, kl, log q(y|x)) per example; one batched pass over all y."""
-        n_cls, b = self.num_classes, x.shape[0]
+    def prepare_training(self, source, train_cfg):
+        if source.data.labels is None:
+            raise ValueError(f"{self.name} needs a labelled dataset; {source.data.name} has no labels")
+        self.labelled = labelled_subset(source.data.labels.cpu(), self.options.num_labels, self.num_classes,
+                                        seed=train_cfg.seed).to(source.device)
+
+    def draw_batch(self, source, indices):
+        batch = source.batch(indices)
+        pick = self.labelled[torch.randint(len(self.labelled), (self.options.labelled_batch_size,),
+                                           device=self.labelled.device)]
+        labelled = source.batch(pick)
+        batch.x_labelled, batch.y_labelled = labelled.x, labelled.y
+        return batch
+
+    # -- the label summed out ------------------------------------------------------------------------
+    def every_label_terms(self, x, k=1, training=False):
+        """Terms of each example under every label, label by label: (k, Y*B) rows."""
+        y = torch.arange(self.num_classes, device=x.device).repeat_interleave(x.shape[0])
+        return self.terms(Batch(x.repeat(self.num_classes, 1, 1, 1), y), k, training=training)
+
+    def unlabelled_bound(self, x, training=False):
+        """(bound, reconstruction, log q(y|x)) per example, y summed out in one batched pass."""
         log_qy = F.log_softmax(self.classifier(x), dim=-1).T  # (Y, B)
-        x_rep = x.repeat(n_cls, 1, 1, 1)
-        y_rep = torch.arange(n_cls, device=x.device).repeat_interleave(b)
-        elbo_y, recon_y, kl_y = (t.view(n_cls, b) for t in self.labelled_elbo(x_rep, y_rep))
-        bound = enumerated_elbo(elbo_y, log_qy)
-        qy = log_qy.exp()
-        recon = (qy * recon_y).sum(0)
-        return bound, recon, recon - bound, log_qy  # kl: everything the bound takes off the reconstruction
+        terms = self.every_label_terms(x, self.objective.samples, training)
+        bound, recon = self.enumerated.unlabelled_bound(terms, log_qy)
+        return bound, recon, log_qy
 
-    def training_step(self, batch, group):
-        u_bound, u_recon, u_kl, _ = self.unlabelled_terms(batch.x)
-        l_elbo, _, _ = self.labelled_elbo(batch.x_labelled, batch.y_labelled)
+    def losses(self, batch, groups):
+        u_bound, u_recon, _ = self.unlabelled_bound(batch.x, training=True)
+        labelled = self.terms(Batch(batch.x_labelled, batch.y_labelled), self.objective.samples, training=True)
+        l_bound = self.enumerated.labelled_bound(labelled)
         ce = F.cross_entropy(self.classifier(batch.x_labelled), batch.y_labelled)
-        loss = -(u_bound.mean() + l_elbo.mean()) + self.alpha * ce
-        metrics = self._core_metrics(u_bound, u_kl, u_recon)
-        metrics.update(labelled_elbo=l_elbo.mean(), classification_loss=ce)
-        return StepOutput(loss, metrics)
+        loss = -(u_bound.mean() + l_bound.mean()) + self.alpha * ce
+        # kl: everything the bound takes off the reconstruction
+        metrics = {"bound": u_bound.mean(), "elbo": u_bound.mean(), "kl": (u_recon - u_bound).mean(),
+                   "recon": u_recon.mean(), f"labelled_{self.objective.name}": l_bound.mean(),
+                   "classification_loss": ce}
+        return {"model": StepOutput(loss, metrics)}
 
     def evaluate(self, batch):
-        bound, recon, kl, log_qy = self.unlabelled_terms(batch.x)
-        out = {"elbo": bound, "kl": kl, "recon": recon}
+        bound, recon, log_qy = self.unlabelled_bound(batch.x)
+        out = {"elbo": bound, "kl": recon - bound, "recon": recon}
         if batch.y is not None:
             out["accuracy"] = (log_qy.argmax(0) == batch.y).to(bound.dtype)
         return out
 
     def log_weights(self, batch, k):
         """(Y*k, B): for each label y, k samples of z ~ q(z|x,y), weights carrying log p(y)."""
-        x, n_cls, b = batch.x, self.num_classes, batch.x.shape[0]
-        x_rep = x.repeat(n_cls, 1, 1, 1)
-        y_rep = torch.arange(n_cls, device=x.device).repeat_interleave(b)
-        log_w = self.vae.terms(x_rep, x_rep, k=k, c=self._onehot(y_rep, x.dtype)).log_w  # (k, Y*B)
-        return (log_w + self._log_prior_y()).view(k * n_cls, b)
+        log_w = self.every_label_terms(batch.x, k).log_w  # (k, Y*B)
+        return (log_w + self.enumerated.log_prior_y).view(k * self.num_classes, len(batch))
 
     def log_weights_per_sample(self):
         return self.num_classes
-
-    def classify(self, x):
-        return self.classifier(x).argmax(-1)
-
-    def encode(self, x, y=None):
-        """Posterior of z given x and its label; without a label, the classifier's most likely one."""
-        y = self.classify(x) if y is None else y
-        return self.vae.encode(x, self._onehot(y, x.dtype))
-
-    @torch.no_grad()
-    def sample(self, n, generator=None, y=None):
-        device = next(self.parameters()).device
-        y = torch.arange(n, device=device) % self.num_classes if y is None else y
-        return self.vae.generate(n, c=self._onehot(y, torch.float32), generator=generator)
-
-    @torch.no_grad()
-    def decode_mean(self, z, y=None):
-        """Decoding for a given label (class 0 unless `y` is given): z carries the style."""
-        y = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if y is None else y
-        return self.vae.likelihood.mean(self.vae.decode(z, self._onehot(y, z.dtype)))
-
-    @torch.no_grad()
-    def reconstruct(self, batch):
-        y = self.classify(batch.x)
-        c = self._onehot(y, batch.x.dtype)
-        mean, _ = self.vae.encode(batch.x, c)
-        return self.vae.likelihood.mean(self.vae.decode(mean, c))

@@ -1,19 +1,12 @@
-"""Kingma & Welling (2014): the VAE trained on the ELBO; `beta` weights the KL (Higgins et al. 2017).
+"""Kingma & Welling (2014): the VAE, trained on the ELBO (the base every other variant builds on).
 
-`samples` is the number of z draws per example that average the reconstruction term (L in Kingma
-& Welling; the "VAE, k samples" rows of Burda et al. Table 1): a lower-variance gradient of the
-same ELBO, unlike the iwae, whose bound itself changes with k.
+Everything lives in core: the Gaussian encoder, unit prior and decoder of core/model.py, the
+objective of the config (`objective.name: elbo` with `beta` (Higgins et al. 2017) and `samples`,
+Kingma & Welling's L; or `iwae`). Configs written before Zoo v2 kept `beta` and `samples` among
+the vae's options: they are read into the objective.
 """
-from pydantic import Field
-
-from core.objectives import elbo_analytic
 from core.registry import register_variant
-from core.variant import StepOutput, Variant, VariantOptions
-
-
-class VAEOptions(VariantOptions):
-    beta: float = Field(1.0, ge=0, description="KL weight; 1 is the ELBO")
-    samples: int = Field(1, ge=1, le=10_000, description="z samples per example for the reconstruction term")
+from core.variant import Variant
 
 
 @register_variant
@@ -21,11 +14,4 @@ class VanillaVAE(Variant):
     name = "vae"
     paper = "Kingma & Welling 2014, Auto-Encoding Variational Bayes (arXiv:1312.6114)"
     description = "Gaussian encoder, unit Gaussian prior, ELBO with analytic KL; optional beta on the KL"
-    Options = VAEOptions
-
-    def training_step(self, batch, group):
-        terms = self.vae.terms(batch.x, batch.x, k=self.options.samples)
-        recon = terms.log_px_z.mean(0)
-        elbo = elbo_analytic(terms.log_px_z, terms.kl)
-        loss = -(recon - self.options.beta * terms.kl).mean()
-        return StepOutput(loss, self._core_metrics(elbo, terms.kl, terms.log_px_z))
+    objective_options_in_variant = ("beta", "samples")

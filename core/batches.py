@@ -1,0 +1,50 @@
+"""How training batches are drawn: the training split as the trainer holds it, and the default
+order (one shared permutation per epoch). A variant changes the order or adds to each batch through
+its `epoch_batches` and `draw_batch` hooks (m2's labelled batch, DC-IGN's one-factor batches)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from core.data import ImageDataset, to_float
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor                       # (B, C, H, W) float, binarised as configured
+    y: torch.Tensor | None = None         # (B,) int64 labels where the dataset has them
+    x_labelled: torch.Tensor | None = None  # semi-supervised: a labelled batch drawn beside x
+    y_labelled: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return replace(self, x=move(self.x), y=move(self.y), x_labelled=move(self.x_labelled),
+                       y_labelled=move(self.y_labelled))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The same permutation on every rank, a new one each epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+@dataclass
+class TrainingSource:
+    """The training split (uint8, on the training device) and how a batch of it becomes floats."""
+    data: ImageDataset
+    dynamic: bool  # a fresh Bernoulli draw per batch (dynamic binarisation)
+    device: torch.device
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, indices: torch.Tensor) -> Batch:
+        labels = self.data.labels
+        return Batch(to_float(self.data.images[indices], self.dynamic), None if labels is None else labels[indices])
+
+    def shuffled_batches(self, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+        """Global batches of indices: every example once per epoch, the same on every rank."""
+        return list(epoch_permutation(len(self), seed, epoch).to(self.device).split(batch_size))
