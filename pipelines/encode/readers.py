@@ -3,8 +3,6 @@ and without Ray too (the benchmark's baseline)."""
 from __future__ import annotations
 
 import io
-import math
-import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -14,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.encode.schema import EncodeError, _flat
-from pipelines.encode.sources import Part, _idx_header, _idx_image_layout, _model_shape_str
+from pipelines.encode.sources import Part, _idx_image_layout, _model_shape_str, _open_idx
 
 BLOCK_BYTES = 4 << 20      # decoded pixels per block a read task yields
 
@@ -66,45 +64,29 @@ def _pixel_block(ids: np.ndarray, labels: pa.Array | np.ndarray | None, pixels: 
 
 
 def _read_idx_part(part: Part, shape) -> Iterator[pa.Table]:
-    path = Path(part.path)
-    stream, dims, dtype, header, gz = _idx_header(path)
-    layout = _idx_image_layout(dims, dtype, path, shape)
-    row_bytes = math.prod(dims[1:])  # Python ints: no int64 wrap on a crafted header
-    lstream = ldtype = None
+    from core.data import DataError, read_idx_rows
+
+    stream, header = _open_idx(Path(part.path))
+    layout = _idx_image_layout(header.dims, header.dtype, header.path, shape)
+    lstream = None
     try:
-        if part.label_path:
-            lstream, _, ldtype, lheader, lgz = _idx_header(Path(part.label_path))
-        if part.start:
-            stream.seek(header + part.start * row_bytes)
-            if lstream is not None:
-                try:
-                    lstream.seek(lheader + part.start * ldtype.itemsize)
-                except (OSError, EOFError, zlib.error) as err:
-                    raise EncodeError(f"{part.label_path}: corrupt gzip data ({err})") from None
         step = _rows_per_block(shape)
+        images = read_idx_rows(stream, header, part.start, part.rows, step)
+        labels: Iterator[np.ndarray] = iter(())
+        if part.label_path:
+            lstream, lheader = _open_idx(Path(part.label_path))
+            labels = read_idx_rows(lstream, lheader, part.start, part.rows, step)
         for s in range(0, part.rows, step):
-            k = min(step, part.rows - s)
             try:
-                raw = stream.read(k * row_bytes)
-            except (OSError, EOFError, zlib.error) as err:
-                raise EncodeError(f"{path}: corrupt gzip data after row {part.start + s} ({err})") from None
-            if len(raw) < k * row_bytes:
-                raise EncodeError(f"{path}: truncated IDX data: row {part.start + s + len(raw) // row_bytes} "
-                                  f"is missing (the header says {dims[0]} rows)")
-            pixels = np.frombuffer(raw, dtype=np.uint8).reshape(k, *dims[1:])
+                pixels = next(images)
+                y = next(labels).astype(np.int64) if lstream is not None else None
+            except DataError as err:
+                raise EncodeError(str(err)) from None
             if layout == "hwc":
                 pixels = pixels.transpose(0, 3, 1, 2)
-            labels = None
-            if lstream is not None:
-                try:
-                    lraw = lstream.read(k * ldtype.itemsize)
-                except (OSError, EOFError, zlib.error) as err:
-                    raise EncodeError(f"{part.label_path}: corrupt gzip data after row {part.start + s} ({err})") from None
-                if len(lraw) < k * ldtype.itemsize:
-                    raise EncodeError(f"{part.label_path}: truncated IDX data at row {part.start + s}")
-                labels = np.frombuffer(lraw, dtype=ldtype).astype(np.int64)
+            k = len(pixels)
             ids = np.arange(part.first_id + s, part.first_id + s + k, dtype=np.int64)
-            yield _pixel_block(ids, labels, pixels.reshape(k, -1))
+            yield _pixel_block(ids, y, pixels.reshape(k, -1))
     finally:
         stream.close()
         if lstream is not None:

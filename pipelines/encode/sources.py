@@ -2,12 +2,8 @@
 before anything is read; every check that needs no decoding is done here."""
 from __future__ import annotations
 
-import gzip
-import math
 import os
 import re
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,8 +19,6 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 PARQUET_SUFFIXES = (".parquet", ".pq")
 PART_ROWS = 50_000         # rows per read task for seekable sources (plain IDX, Parquet row groups)
 PART_FILES = 2_000         # image files per read task
-_GZIP_MAGIC = b"\x1f\x8b"
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 @dataclass(frozen=True)
@@ -62,32 +56,14 @@ def _model_shape_str(shape: tuple[int, int, int]) -> str:
     return f"{h}x{w} with {c} channel{'s' if c != 1 else ''}"
 
 
-def _idx_header(path: Path) -> tuple[Any, tuple[int, ...], np.dtype, int, bool]:
-    """Open an IDX file (gzip or plain, told by its first bytes): (stream after the header, dims,
-    dtype, header length, gzipped)."""
+def _open_idx(path: Path):
+    """core.data's streaming IDX reader, its DataError told as an EncodeError (same message)."""
+    from core.data import DataError, open_idx
+
     try:
-        raw = open(path, "rb")
-    except OSError as err:
-        raise EncodeError(f"{path}: cannot read ({err.strerror})") from None
-    gz = raw.read(2) == _GZIP_MAGIC
-    raw.seek(0)
-    stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
-    try:
-        head = stream.read(4)
-        if len(head) < 4 or head[0] or head[1] or head[2] not in _IDX_DTYPES or head[3] == 0:
-            raise EncodeError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
-        ndim = head[3]
-        dims_raw = stream.read(4 * ndim)
-        if len(dims_raw) < 4 * ndim:
-            raise EncodeError(f"{path}: truncated IDX header")
-    except (OSError, EOFError, zlib.error) as err:  # zlib.error: damaged deflate data
-        stream.close()
-        raise EncodeError(f"{path}: corrupt gzip data ({err})") from None
-    except EncodeError:
-        stream.close()
-        raise
-    dims = struct.unpack(f">{ndim}I", dims_raw)
-    return stream, dims, np.dtype(_IDX_DTYPES[head[2]]), 4 + 4 * ndim, gz
+        return open_idx(path)
+    except DataError as err:
+        raise EncodeError(str(err)) from None
 
 
 def _idx_image_layout(dims: tuple[int, ...], dtype: np.dtype, path: Path, shape: tuple[int, int, int]) -> str:
@@ -131,23 +107,23 @@ def _plan_idx(folder: Path, split: str, shape: tuple[int, int, int], first_id: i
     image_path = _find_idx(folder, image_stem)
     if image_path is None:
         raise EncodeError(f"{folder}: no {image_stem}[.gz] for the {split} split")
-    stream, dims, dtype, header, gz = _idx_header(image_path)
+    stream, header = _open_idx(image_path)
     stream.close()
-    _idx_image_layout(dims, dtype, image_path, shape)
+    dims, gz = header.dims, header.gzipped
+    _idx_image_layout(dims, header.dtype, image_path, shape)
     n = dims[0]
-    row_bytes = math.prod(dims[1:])  # Python ints: no int64 wrap on a crafted header
     if not gz:
-        size = image_path.stat().st_size
-        if size != header + n * row_bytes:
-            raise EncodeError(f"{image_path}: IDX file is {size} bytes, its dimensions {dims} need {header + n * row_bytes}")
+        size, needed = image_path.stat().st_size, header.size + n * header.row_bytes
+        if size != needed:
+            raise EncodeError(f"{image_path}: IDX file is {size} bytes, its dimensions {dims} need {needed}")
     label_path = _find_idx(folder, label_stem)
     if label_path is not None:
-        lstream, ldims, ldtype, _, _ = _idx_header(label_path)
+        lstream, labels = _open_idx(label_path)
         lstream.close()
-        if len(ldims) != 1 or ldims[0] != n:
-            raise EncodeError(f"{label_path}: {ldims[0]} labels for {n} images")
-        if ldtype.kind not in "iu":
-            raise EncodeError(f"{label_path}: labels must be integers, found {ldtype}")
+        if len(labels.dims) != 1 or labels.dims[0] != n:
+            raise EncodeError(f"{label_path}: {labels.dims[0]} labels for {n} images")
+        if labels.dtype.kind not in "iu":
+            raise EncodeError(f"{label_path}: labels must be integers, found {labels.dtype}")
     # A gzip stream cannot seek without decompressing what comes before: one part reads it all.
     step = n if gz else PART_ROWS
     parts = [Part("idx", first_id + s, min(step, n - s), path=str(image_path), start=s,
