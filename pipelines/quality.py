@@ -41,6 +41,7 @@ from torch import nn
 from core.config import RunConfig, parse_override
 from core.data import PreparedData, labelled_subset, prepare_data, to_float
 from core.evaluation import evaluate, iterate_batches
+from core.files import atomic_write_json
 from core.likelihoods import Bernoulli
 from core.networks import mlp
 from core.serialization import load_model, save_model
@@ -240,12 +241,6 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
     return result
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _claim(result_path: Path) -> int | None:
     """Claim a model for this process, so that several processes can share one --out (one per
     core, or per machine on shared storage): None when claimed, else the pid of the live process
@@ -281,7 +276,7 @@ def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progr
         if previous != asdict(budget):
             # Results made under another budget must not be mixed into one table.
             raise ValueError(f"{out} holds results of another budget ({budget_file}); choose another --out or pass --force")
-    _write_json(budget_file, asdict(budget))
+    atomic_write_json(budget_file, asdict(budget))
     d = budget.base_config().data
     data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
     started = time.perf_counter()
@@ -300,7 +295,7 @@ def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progr
         try:
             print(f"[{i}/{len(jobs)}] {job.key}: training ({budget.epochs} epochs)", file=sys.stderr, flush=True)
             results[job.key] = run_job(job, budget, data, out, progress)
-            _write_json(path, results[job.key])
+            atomic_write_json(path, results[job.key])
         finally:
             path.with_suffix(".lock").unlink(missing_ok=True)
     report = {
@@ -314,7 +309,7 @@ def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progr
     }
     if figures:
         report["figures"] = [str(p) for p in write_figures(out, data, results)]
-    _write_json(out / "quality.json", report)
+    atomic_write_json(out / "quality.json", report)
     return report
 
 
