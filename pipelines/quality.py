@@ -46,6 +46,7 @@ from core.likelihoods import Bernoulli
 from core.networks import mlp
 from core.serialization import load_model, save_model
 from core.training import epoch_permutation, train
+from pipelines.processes import pid_alive
 from variants.cvae import quadrant_mask
 from variants.m2 import M2Options
 
@@ -252,14 +253,10 @@ def _claim(result_path: Path) -> int | None:
         text = lock.read_text().strip() if lock.exists() else ""
         if not text.isdigit():
             return -1  # being created this instant by another process
-        try:
-            os.kill(int(text), 0)
+        if pid_alive(int(text)):
             return int(text)
-        except ProcessLookupError:
-            lock.unlink(missing_ok=True)
-            return _claim(result_path)
-        except PermissionError:  # alive, another user's
-            return int(text)
+        lock.unlink(missing_ok=True)
+        return _claim(result_path)
     with os.fdopen(fd, "w") as f:
         f.write(str(os.getpid()))
     return None

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 
 from pipelines.encode.job import _quiet_ray_data_errors, run_encode
 from pipelines.encode.sources import SPLITS
+from pipelines.errors import run_command
 
 
 def add_encode_parser(subparsers) -> argparse.ArgumentParser:
@@ -70,14 +70,4 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vaezoo")
     add_encode_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["encode", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return cmd_encode(args)
-    except KeyboardInterrupt:
-        print("vaezoo: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, KeyError, RuntimeError) as err:
-        if os.environ.get("VAEZOO_DEBUG"):
-            raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"vaezoo encode: error: {message}", file=sys.stderr)
-        return 1
+    return run_command("encode", cmd_encode, args)

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.encode.schema import META_KEY, EncodeError, EncodeFailed
+from pipelines.processes import pid_alive
 
 _STAGING_RE = re.compile(r"\.(?P<name>.+)\.(?P<what>staging|replaced)-(?P<host>[^/]+)-(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})")
 
@@ -27,16 +28,6 @@ def _staging_path(output: Path, what: str = "staging") -> Path:
     return output.with_name(f".{output.name}.{what}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_staging(output: Path) -> list[Path]:
     """Remove staging folders of killed runs for `output` (this host, process gone); put back an
     output that a killed two-rename replacement had moved aside. Returns what was removed."""
@@ -46,7 +37,7 @@ def clean_stale_staging(output: Path) -> list[Path]:
         return removed
     for entry in sorted(parent.iterdir()):
         m = _STAGING_RE.fullmatch(entry.name)
-        if not m or m["name"] != output.name or m["host"] != _host() or _pid_alive(int(m["pid"])):
+        if not m or m["name"] != output.name or m["host"] != _host() or pid_alive(int(m["pid"])):
             continue
         if m["what"] == "replaced" and not output.exists():
             os.rename(entry, output)
