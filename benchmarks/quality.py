@@ -3,7 +3,7 @@
     python benchmarks/quality.py --out quality-fmnist            # same as `vaezoo quality`
     python benchmarks/quality.py --out quality-fmnist --markdown # the README tables
 
-Prints the results and the papers' claims checked (JSON); see pipelines/quality.py for the protocol.
+Prints the results and the papers' claims checked (JSON); see pipelines/quality/ for the protocol.
 """
 import sys
 from pathlib import Path

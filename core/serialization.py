@@ -1,8 +1,8 @@
 """Save and load a model as config JSON plus safetensors weights: nothing is ever unpickled.
 
 A saved model is a folder: `config.json` (the run config, data shape, classes, versions) and
-`model.safetensors`. It is written to a temporary sibling folder and renamed into place, so a
-crash never leaves a half-written model behind.
+`model.safetensors`. Each file is written under a temporary name and renamed into place
+(core/files.py), weights first, so a crash never leaves a half-written model behind.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.config import ConfigError, RunConfig
+from core.config import RunConfig
+from core.files import atomic_write, atomic_write_json
 from core.networks import DataShape
 from core.objectives import make_objective
 from core.registry import get_variant
@@ -56,15 +57,6 @@ def model_metadata(variant: Variant, config: RunConfig) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_model(variant: Variant, config: RunConfig, directory: str | os.PathLike,
                extra: dict[str, Any] | None = None) -> Path:
     """Write the model into `directory` (which may also hold a run's checkpoints and metrics).
@@ -76,9 +68,8 @@ def save_model(variant: Variant, config: RunConfig, directory: str | os.PathLike
     directory.mkdir(parents=True, exist_ok=True)
     meta = model_metadata(variant, config) | (extra or {})
     state = {k: v.detach().cpu().contiguous() for k, v in variant.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_FILE,
-                  lambda p: save_file(state, str(p), metadata={"variant": config.variant_name}))
-    _atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"variant": config.variant_name}))
+    atomic_write_json(directory / CONFIG_FILE, meta, newline=False)
     return directory
 
 

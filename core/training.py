@@ -27,6 +27,7 @@ from core.config import RunConfig
 from core.data import PreparedData, prepare_data
 from core.distributed import all_reduce_sum, average_gradients, gather_objects, world
 from core.evaluation import evaluate
+from core.files import atomic_torch_save
 from core.serialization import build_variant, load_state
 from core.variant import Variant
 
@@ -58,9 +59,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path)
 
 
 def print_report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None:

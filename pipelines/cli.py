@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, RuntimeError)
+from pipelines.errors import run_command
 
 
 def _train_parser(sub) -> None:
@@ -298,40 +298,13 @@ COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evalua
             "compare": cmd_compare, "encode": cmd_encode, "quality": cmd_quality}
 
 
-def _is_expected(err: BaseException) -> bool:
-    """Bad input or an unusable environment, told in one line: EXPECTED_ERRORS, and MLflow's own
-    errors (a tracking URI it cannot use, a registry it cannot reach)."""
-    if isinstance(err, EXPECTED_ERRORS):
-        return True
-    mlflow_exceptions = sys.modules.get("mlflow.exceptions")  # only if MLflow was imported at all
-    return mlflow_exceptions is not None and isinstance(err, mlflow_exceptions.MlflowException)
-
-
-def _one_line(err: BaseException) -> str:
-    message = err.args[0] if isinstance(err, KeyError) and err.args else err
-    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     import logging
 
     # MLflow announces the creation of a new SQLite store at INFO on stderr: not news to a user.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     args = make_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("vaezoo: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:
-        # One clear line for bad input; a bug still shows its traceback under VAEZOO_DEBUG=1.
-        import os
-
-        if os.environ.get("VAEZOO_DEBUG") or not _is_expected(err):
-            raise
-        print(f"vaezoo {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 1
+    return run_command(args.command, COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":

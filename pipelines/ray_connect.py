@@ -1,6 +1,6 @@
 """Connecting to Ray: join a cluster, or start a local one that listens on 127.0.0.1 only.
 
-`vaezoo train` (pipelines/ray_train.py) and `vaezoo encode` (pipelines/encode.py) both connect
+`vaezoo train` (pipelines/ray_train.py) and `vaezoo encode` (pipelines/encode/) both connect
 through `connect`.
 """
 from __future__ import annotations

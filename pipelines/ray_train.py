@@ -44,6 +44,7 @@ import torch
 
 from core.config import RunConfig
 from core.data import prepare_data
+from core.files import atomic_write, atomic_write_json, atomic_write_text
 from core.serialization import build_variant, load_state, read_checkpoint
 from core.training import print_report, save_checkpoint, train
 from pipelines.local import CHECKPOINT, finish_training, keep_epochs_up_to, prepare_output
@@ -57,12 +58,6 @@ WORKER_KEYS = ("worker/rank", "worker/node_id", "worker/pid")  # reported to Ray
 
 def _is_uri(path: str) -> bool:
     return "://" in path
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -130,9 +125,7 @@ def _hold_until_killed(pid_file: Path, timeout_s: float = 120.0) -> None:
     point (after an epoch's checkpoint is registered). A restarted worker finds the file and goes on."""
     if pid_file.exists():
         return
-    tmp = pid_file.with_name(pid_file.name + ".tmp")
-    tmp.write_text(str(os.getpid()))
-    os.replace(tmp, pid_file)
+    atomic_write_text(pid_file, str(os.getpid()))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         time.sleep(0.05)
@@ -167,11 +160,9 @@ def _run_folder_callback(output: Path):
             if checkpoint is not None:
                 entry["checkpoint"] = checkpoint.path
                 with checkpoint.as_directory() as folder:
-                    tmp = self.output / f"{CHECKPOINT}.tmp"
-                    shutil.copyfile(Path(folder) / STATE_FILE, tmp)
-                    os.replace(tmp, self.output / CHECKPOINT)
+                    atomic_write(self.output / CHECKPOINT, lambda tmp: shutil.copyfile(Path(folder) / STATE_FILE, tmp))
             info["history"].append(entry)
-            _write_json(info_file, info)
+            atomic_write_json(info_file, info, newline=False)
 
     return RunFolderCallback(output)
 
@@ -322,7 +313,7 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     metrics_file = output / "metrics.jsonl"
     if state is not None:
         keep_epochs_up_to(metrics_file, int(state["epoch"]))
-    _write_json(info_file, info)
+    atomic_write_json(info_file, info, newline=False)
     d = config.data  # loaded here for the final evaluation, and so that a bad path fails before Ray starts
     data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
 

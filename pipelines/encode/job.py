@@ -1,0 +1,222 @@
+"""`run_encode`: the Ray Data job (read, encode on an actor pool, write), with its provenance and
+the sorting of what comes back from Ray into bad input or a failure."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipelines.encode.datasource import _make_datasource
+from pipelines.encode.encoder import LatentEncoder
+from pipelines.encode.schema import FORMAT_NAME, FORMAT_VERSION, PREPROCESSING, EncodeError, EncodeFailed, output_schema
+from pipelines.encode.sources import plan_source
+from pipelines.encode.staging import _check_replaceable, _commit, _staging_path, clean_stale_staging, verify_output
+
+MAX_BLOCK_BYTES = 16 << 20  # Ray Data's target block size during the job
+
+
+def _model_version(uri: str) -> tuple[str | None, str | None]:
+    """(registered name, version) for models:/NAME/VERSION and models:/NAME@ALIAS; else (None, None)."""
+    m = re.fullmatch(r"models:/([^/@]+)/(\d+)(/.*)?", uri)
+    if m:
+        return m.group(1), m.group(2)
+    m = re.fullmatch(r"models:/([^/@]+)@([^/]+)(/.*)?", uri)
+    if m:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            return m.group(1), str(MlflowClient().get_model_version_by_alias(m.group(1), m.group(2)).version)
+        except Exception:  # noqa: BLE001 - provenance is best effort; the model itself resolved
+            return m.group(1), None
+    return None, None
+
+
+def _resolve_model(model: str) -> Path:
+    if "://" not in model and not model.startswith(("models:/", "runs:/")):
+        return Path(model)  # a folder: no need to import MLflow (seconds, and its warnings)
+    from pipelines.mlflow_model import resolve_model_uri
+
+    return resolve_model_uri(model)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+
+# -- errors coming back from Ray -------------------------------------------------------------------
+
+_ERROR_LINE = re.compile(r"EncodeError: (.+)")
+
+
+def _input_error(err: BaseException) -> str | None:
+    """The EncodeError message inside an exception that came back from Ray, if there is one."""
+    todo, seen = [err], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, EncodeError):
+            text = e.args[0] if e.args else str(e)
+            if isinstance(text, str) and "\n" not in text:
+                return text
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    m = _ERROR_LINE.search(str(err))
+    return m.group(1).strip() if m else None
+
+
+def _failure_summary(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if re.match(r"[\w.]+(Error|Exception|Killed|Died)\b", ln)), None)
+    return last or (lines[-1] if lines else type(err).__name__)
+
+
+class _DropErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_ray_data_errors():
+    """Ray Data logs a failed job's traceback to the console; the CLI says it in one line instead
+    (the full log stays in Ray's session folder, and VAEZOO_DEBUG=1 shows everything)."""
+    if os.environ.get("VAEZOO_DEBUG"):
+        yield
+        return
+    import ray.data  # noqa: F401 - configures the "ray.data" logger
+
+    handlers = [h for h in logging.getLogger("ray.data").handlers if not isinstance(h, logging.FileHandler)]
+    flt = _DropErrors()
+    for h in handlers:
+        h.addFilter(flt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(flt)
+
+
+# -- the job ---------------------------------------------------------------------------------------
+
+def _connect(address: str | None, num_workers: int) -> bool:
+    """Join `address` (or $RAY_ADDRESS) or start a local cluster listening on 127.0.0.1
+    (pipelines/ray_connect.py); True when this call did (and so must disconnect). An initialised
+    Ray (tests, notebooks) is used as it is."""
+    from pipelines.ray_connect import connect
+
+    # Logical CPUs beyond the cores keep read tasks running beside the actor pool on small machines.
+    num_cpus = max(4, os.cpu_count() or 1, num_workers + 2)
+    return connect(address, num_cpus=num_cpus, log_to_driver=bool(os.environ.get("VAEZOO_DEBUG"))) != "existing"
+
+
+def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLike, *, split: str | None = None,
+               data_dir: str | None = None, image_column: str = "image", label_column: str = "label",
+               batch_size: int = 1024, num_workers: int = 1, use_gpu: bool = False, overwrite: bool = False,
+               rows_per_file: int = 100_000, address: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Encode `inputs` with `model` into Parquet files in `output`; returns a summary."""
+    started = time.perf_counter()
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
+    for name, value in (("--batch-size", batch_size), ("--num-workers", num_workers), ("--rows-per-file", rows_per_file)):
+        if value < 1:
+            raise EncodeError(f"{name} must be at least 1, got {value}")
+    output = Path(output).absolute()
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise EncodeError(f"{output} already exists; pass --overwrite to replace it")
+        _check_replaceable(output)
+    clean_stale_staging(output)
+
+    from core.serialization import CONFIG_FILE, WEIGHTS_FILE, load_model, package_version, read_metadata
+
+    model_dir = _resolve_model(str(model))
+    variant, config = load_model(model_dir)  # fails early, with the model's own message
+    model_meta = read_metadata(model_dir)
+    shape = variant.shape.as_tuple()
+    latent_dim = config.model.latent_dim
+    source = plan_source(inputs, shape, split=split, data_dir=data_dir, image_column=image_column,
+                         label_column=label_column)
+    if source.num_rows == 0:
+        raise EncodeError(f"{', '.join(inputs)}: no rows to encode")
+    registered, version = _model_version(str(model))
+    metadata = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        # A folder is recorded by its absolute path, a URI as given.
+        "model_uri": str(model) if registered or ":/" in str(model) else str(model_dir.resolve()),
+        "model_name": registered, "model_version": version,
+        "model_sha256": _sha256(model_dir / WEIGHTS_FILE),
+        "model_vae_zoo_version": model_meta.get("vae_zoo_version"),
+        "variant": config.variant_name, "latent_dim": latent_dim, "data_shape": list(shape),
+        "num_classes": variant.num_classes, "model_binarize": config.data.binarize,
+        "preprocessing": PREPROCESSING, "source": source.info, "split": split if source.kind != "idx" else (split or "test"),
+        "num_rows": source.num_rows,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "vae_zoo_version": package_version(),
+    }
+    schema = output_schema(latent_dim, metadata)
+    model_files = {name: (model_dir / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    del variant
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = _staging_path(output)
+    staging.mkdir()
+    connected = False
+    try:
+        import ray
+        import ray.data
+
+        connected = _connect(address, num_workers)
+        if use_gpu:  # an actor pool asking for GPUs a cluster lacks would wait for ever
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if gpus < num_workers:
+                raise EncodeError(f"--use-gpu with --num-workers {num_workers} needs {num_workers} GPU"
+                                  f"{'s' if num_workers > 1 else ''}; the Ray cluster has {gpus:g}")
+        ctx = ray.data.DataContext.get_current()
+        saved = ctx.enable_progress_bars, ctx.target_max_block_size
+        # Blocks of at most MAX_BLOCK_BYTES (Ray's default, 128 MiB, merges what a read task
+        # yields into blocks that big): what is in flight stays small whatever the input size.
+        ctx.enable_progress_bars, ctx.target_max_block_size = progress, MAX_BLOCK_BYTES
+        try:
+            # One read task per part, and no splitting of their output into more blocks.
+            ds = ray.data.read_datasource(_make_datasource(source, shape), override_num_blocks=len(source.parts))
+            ds = ds.map_batches(
+                LatentEncoder, batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
+                compute=ray.data.ActorPoolStrategy(size=num_workers),
+                fn_constructor_kwargs={"model_files": model_files, "schema_bytes": schema.serialize().to_pybytes(),
+                                       "device": "cuda" if use_gpu else "cpu"},
+                num_cpus=1, num_gpus=1 if use_gpu else 0)
+            ds.write_parquet(str(staging), schema=schema, min_rows_per_file=rows_per_file,
+                             max_rows_per_file=rows_per_file)
+        except Exception as err:  # noqa: BLE001 - Ray wraps everything; sort it into input or failure
+            if os.environ.get("VAEZOO_DEBUG"):
+                raise
+            message = _input_error(err)
+            if message is not None:
+                raise EncodeError(message) from None
+            raise EncodeFailed(f"encoding failed: {_failure_summary(err)} (Ray's logs have the details)") from None
+        finally:
+            ctx.enable_progress_bars, ctx.target_max_block_size = saved
+        files = verify_output(staging, source.num_rows, schema)
+        _commit(staging, output, overwrite)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if connected:
+            import ray
+
+            ray.shutdown()
+    seconds = time.perf_counter() - started
+    return {"output": str(output), "rows": source.num_rows, "files": len(files), "seconds": round(seconds, 3),
+            "rows_per_second": round(source.num_rows / seconds, 1), "model": str(model),
+            "variant": config.variant_name, "latent_dim": latent_dim, "source": source.kind}

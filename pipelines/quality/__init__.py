@@ -1,0 +1,39 @@
+"""The quality protocol: every variant trained on one budget and evaluated as its paper evaluates it.
+
+Each suite sets a variant against the baseline its paper beats, trained on the same data, network
+sizes, optimiser and number of epochs:
+
+  burda  vae and iwae trained with k = 1, 5, 50 samples; test NLL and active units
+         (Burda, Grosse & Salakhutdinov 2016, Table 1)
+  dvae   the dvae for each corruption against the vae (k=1), both scored on clean test data
+         (Im, Ahn, Memisevic & Bengio 2017)
+  m2     m2 test accuracy with N labels against a classifier of the same size trained on the N
+         labels alone (Kingma, Rezende, Mohamed & Welling 2014, Table 1)
+  cvae   conditional NLL of the hidden quadrants given 1, 2 or 3 visible ones, against a
+         deterministic network that predicts them (Sohn, Lee & Yan 2015, Table 1)
+  zoo    the label-conditioned cvae, so that every variant has a row in the shared table
+
+Every model gets the same test metrics: ELBO, KL and active units on the whole test split, and
+the importance-sampled NLL with `nll_samples` samples on its first `nll_examples` images (m2 sums
+its 10 labels out exactly, 10x the decoder work, so it uses a tenth of those images).
+
+Results are kept per model in OUT/results/<key>.json, written once the model is evaluated, so an
+interrupted benchmark continues where it stopped, and several processes can share one OUT (each
+model is claimed by one of them: OUT/results/<key>.lock holds its pid); OUT/quality.json holds the whole table and the
+findings, each claim of a paper with whether it holds here and the numbers behind it.
+
+The package, by concern: `protocol` (budget, suites, jobs), `baselines` (the papers' baselines),
+`jobs` (running and keeping results), `claims`, `figures`, `report` (markdown), `command`.
+"""
+from pipelines.quality.baselines import (classifier_accuracy, completion_network, hidden_pixels_nll, label_classifier,
+                                         train_completion_network, train_label_classifier)
+from pipelines.quality.claims import findings
+from pipelines.quality.command import budget_from_args, command
+from pipelines.quality.figures import write_figures
+from pipelines.quality.jobs import run, run_job
+from pipelines.quality.protocol import CORRUPTIONS, SUITES, Budget, Job, job_config, plan
+from pipelines.quality.report import markdown
+
+__all__ = ["Budget", "CORRUPTIONS", "Job", "SUITES", "budget_from_args", "classifier_accuracy", "command",
+           "completion_network", "findings", "hidden_pixels_nll", "job_config", "label_classifier", "markdown", "plan",
+           "run", "run_job", "train_completion_network", "train_label_classifier", "write_figures"]

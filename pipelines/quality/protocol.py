@@ -1,0 +1,86 @@
+"""The protocol: what every model of a benchmark shares (the budget), and the suites planned into jobs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.config import RunConfig
+
+
+SUITES = ("burda", "dvae", "m2", "cvae", "zoo")
+CORRUPTIONS = ("gaussian", "salt_and_pepper", "masking")
+
+
+@dataclass
+class Budget:
+    """What every model of one benchmark shares."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    epochs: int = 5
+    nll_samples: int = 5000
+    nll_examples: int = 1000
+    iwae_ks: list[int] = field(default_factory=lambda: [1, 5, 50])
+    m2_labels: list[int] = field(default_factory=lambda: [100, 600, 1000, 3000])
+    train_limit: int | None = None
+    test_limit: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set, applied to every model's config
+
+    def base_config(self) -> RunConfig:
+        raw = RunConfig().to_dict()
+        raw["data"].update(dataset=self.dataset, data_dir=self.data_dir, binarize="dynamic",
+                           train_limit=self.train_limit, test_limit=self.test_limit)
+        # Per-epoch evaluation is only a progress signal here: keep it cheap.
+        raw["train"].update(epochs=self.epochs, eval_nll_samples=10, eval_nll_examples=100)
+        return RunConfig.from_dict(raw).with_overrides(self.overrides)
+
+
+@dataclass
+class Job:
+    key: str
+    suite: str
+    kind: str                    # "variant", "label_classifier" or "completion_network"
+    variant: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    labels: int | None = None    # label_classifier: labelled examples
+    visible: int | None = None   # completion_network: visible quadrants
+
+
+def plan(budget: Budget, suites: list[str]) -> list[Job]:
+    jobs: dict[str, Job] = {}
+
+    def add(job: Job) -> None:
+        jobs.setdefault(job.key, job)
+
+    for suite in suites:
+        if suite == "burda":
+            for k in budget.iwae_ks:
+                add(Job(f"vae-k{k}", suite, "variant", "vae", {"samples": k}))
+                add(Job(f"iwae-k{k}", suite, "variant", "iwae", {"k": k}))
+        elif suite == "dvae":
+            add(Job("vae-k1", suite, "variant", "vae", {"samples": 1}))
+            for corruption in CORRUPTIONS:
+                add(Job(f"dvae-{corruption}", suite, "variant", "dvae", {"corruption": corruption}))
+        elif suite == "m2":
+            for n in budget.m2_labels:
+                add(Job(f"m2-n{n}", suite, "variant", "m2", {"num_labels": n}))
+                add(Job(f"classifier-n{n}", suite, "label_classifier", labels=n))
+        elif suite == "cvae":
+            for q in (1, 2, 3):
+                add(Job(f"cvae-q{q}", suite, "variant", "cvae", {"condition": "quadrants", "visible_quadrants": q}))
+                add(Job(f"network-q{q}", suite, "completion_network", visible=q))
+        elif suite == "zoo":
+            add(Job("cvae-label", suite, "variant", "cvae", {"condition": "label"}))
+        else:
+            raise ValueError(f"unknown suite {suite!r}: choose from {', '.join(SUITES)}")
+    return list(jobs.values())
+
+
+
+def job_config(budget: Budget, job: Job) -> RunConfig:
+    base = budget.base_config()
+    if job.kind != "variant":
+        return base
+    # The job's variant brings its own default objective (the base config's is the vae's).
+    raw = base.to_dict() | {"variant_name": job.variant, "variant": dict(job.options), "objective": None}
+    return RunConfig.from_dict(raw)
