@@ -179,7 +179,12 @@ class RunConfig(_Section):
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err)) from None
+            message = format_validation_error(err)
+            # An older config's objective option is checked as the objective's: name it as given.
+            given = raw.get("variant") if isinstance(raw, dict) and isinstance(raw.get("variant"), dict) else {}
+            for key in given:
+                message = message.replace(f"objective.{key}:", f"variant.{key} (now objective.{key}):")
+            raise ConfigError(message) from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "RunConfig":
