@@ -12,11 +12,15 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from core.networks import DataShape
+
+if TYPE_CHECKING:
+    from core.factors import FactorTable
 
 
 class DataError(ValueError):
@@ -91,6 +95,7 @@ class ImageDataset:
     labels: torch.Tensor | None   # (N,) int64
     num_classes: int
     name: str
+    factors: FactorTable | None = None  # generative factors per row, for generated data (core.factors)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -103,7 +108,8 @@ class ImageDataset:
         if limit is None or limit >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:limit]
-        return ImageDataset(self.images[:limit], labels, self.num_classes, self.name)
+        factors = None if self.factors is None else self.factors.select(slice(0, limit))
+        return ImageDataset(self.images[:limit], labels, self.num_classes, self.name, factors)
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -189,6 +195,10 @@ def load_split(dataset: str, split: str, data_dir: str | None = None) -> ImageDa
     """
     if split not in SPLIT_FILES:
         raise DataError(f"unknown split {split!r} (train or test)")
+    from core import factors  # generated data with known factors (dsprites, ...); imports this module
+
+    if factors.is_generated(dataset) and not Path(dataset).is_dir():
+        return factors.load_generated_split(dataset, split, data_dir)
     if os.sep in dataset or Path(dataset).is_dir():
         return load_idx_split(dataset, split)
     key = dataset.lower()
@@ -199,7 +209,7 @@ def load_split(dataset: str, split: str, data_dir: str | None = None) -> ImageDa
         return load_idx_split(system, split, name=key)
     if key in _TORCHVISION:
         return _load_torchvision(key, split, Path.home() / ".cache" / "vae-zoo" / key)
-    known = ", ".join(sorted(set(_TORCHVISION) | set(SYSTEM_LOCATIONS)))
+    known = ", ".join(sorted(set(_TORCHVISION) | set(SYSTEM_LOCATIONS) | set(factors.GENERATORS)))
     raise DataError(f"unknown dataset {dataset!r}: give a folder of IDX files or one of {known}")
 
 
@@ -242,7 +252,7 @@ def prepare_split(ds: ImageDataset, binarize: str, split: str) -> ImageDataset:
     if not fixed:
         return ds
     seed = 0 if split == "train" else 1
-    return ImageDataset(static_binarize(ds.images, seed), ds.labels, ds.num_classes, ds.name)
+    return ImageDataset(static_binarize(ds.images, seed), ds.labels, ds.num_classes, ds.name, ds.factors)
 
 
 def prepare_data(dataset: str, data_dir: str | None, binarize: str,
