@@ -6,7 +6,7 @@ untrained: weights do not change the cost) and write the same Parquet schema:
 
 * `ray`: `pipelines.encode.run_encode` (streaming read, actor pool, write_parquet), for each
   `--workers` count, on a local Ray cluster started in the measured process;
-* `loop`: the way one writes it by hand: load the split into memory (core.data.load_split),
+* `loop`: the way one writes it by hand: load the split into memory (core.datasets.load_split),
   `variant.encode` batch by batch, a pyarrow ParquetWriter; once with torch's default threads
   and once with one thread (what each Ray actor gets: one CPU).
 
@@ -107,7 +107,7 @@ def child_loop(model: str, data: str, out: str, batch_size: int, threads: int) -
     import pyarrow.parquet as pq
     import torch
 
-    from core.data import load_split
+    from core.datasets import load_split
     from core.serialization import load_model
     from pipelines.encode import output_schema
 

@@ -32,7 +32,8 @@ import torch
 from _flops import matmul_peak_flops, nll_flops
 from _results import add_save_argument, emit
 from core.config import RunConfig
-from core.data import load_split, prepare_split
+from core.data import prepare_split
+from core.datasets import load_split
 from core.evaluation import iterate_batches, negative_log_likelihood
 from core.objectives import estimate_log_likelihood
 from core.serialization import build_variant

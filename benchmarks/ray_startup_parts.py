@@ -36,7 +36,7 @@ def load_data_loop(config):
 
     import ray.train
 
-    from core.data import prepare_data
+    from core.datasets import prepare_data
 
     started = time.perf_counter()
     prepare_data("fashion-mnist", None, "dynamic", 10000, None)

@@ -113,7 +113,7 @@ def vaezoo_config(batch_size: int, epochs: int, binarize: str, images: int | Non
 
 def vaezoo_throughput(batch_size: int, epochs: int, binarize: str, images: int | None, fused_adam: bool,
                       device: str = "cpu", autocast: str = "off", compile: bool = False) -> float:
-    from core.data import prepare_data
+    from core.datasets import prepare_data
     from core.training import train
 
     cfg = vaezoo_config(batch_size, epochs, binarize, images, fused_adam, autocast, compile)

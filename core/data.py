@@ -12,12 +12,15 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 import numpy as np
 import torch
 
 from core.networks import DataShape
+
+if TYPE_CHECKING:
+    from core.factors import FactorTable
 
 
 class DataError(ValueError):
@@ -143,6 +146,7 @@ class ImageDataset:
     labels: torch.Tensor | None   # (N,) int64
     num_classes: int
     name: str
+    factors: FactorTable | None = None  # generative factors per row, for generated data (core.factors)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -155,7 +159,8 @@ class ImageDataset:
         if limit is None or limit >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:limit]
-        return ImageDataset(self.images[:limit], labels, self.num_classes, self.name)
+        factors = None if self.factors is None else self.factors.select(slice(0, limit))
+        return ImageDataset(self.images[:limit], labels, self.num_classes, self.name, factors)
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -233,28 +238,6 @@ def _load_torchvision(name: str, split: str, root: Path) -> ImageDataset:
     return ImageDataset(images, labels, len(ds.classes), name)
 
 
-def load_split(dataset: str, split: str, data_dir: str | None = None) -> ImageDataset:
-    """A split of a dataset given by name or path.
-
-    Order of search: `dataset` as a folder of IDX files; `data_dir` holding IDX files; the Debian
-    package's folder for Fashion-MNIST; torchvision (downloads into ~/.cache/vae-zoo).
-    """
-    if split not in SPLIT_FILES:
-        raise DataError(f"unknown split {split!r} (train or test)")
-    if os.sep in dataset or Path(dataset).is_dir():
-        return load_idx_split(dataset, split)
-    key = dataset.lower()
-    if data_dir is not None:
-        return load_idx_split(data_dir, split, name=key)
-    system = SYSTEM_LOCATIONS.get(key)
-    if system and Path(system).is_dir():
-        return load_idx_split(system, split, name=key)
-    if key in _TORCHVISION:
-        return _load_torchvision(key, split, Path.home() / ".cache" / "vae-zoo" / key)
-    known = ", ".join(sorted(set(_TORCHVISION) | set(SYSTEM_LOCATIONS)))
-    raise DataError(f"unknown dataset {dataset!r}: give a folder of IDX files or one of {known}")
-
-
 # -- binarisation -------------------------------------------------------------------------------
 
 def static_binarize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -294,16 +277,7 @@ def prepare_split(ds: ImageDataset, binarize: str, split: str) -> ImageDataset:
     if not fixed:
         return ds
     seed = 0 if split == "train" else 1
-    return ImageDataset(static_binarize(ds.images, seed), ds.labels, ds.num_classes, ds.name)
-
-
-def prepare_data(dataset: str, data_dir: str | None, binarize: str,
-                 train_limit: int | None = None, test_limit: int | None = None) -> PreparedData:
-    train = prepare_split(load_split(dataset, "train", data_dir).take(train_limit), binarize, "train")
-    test = prepare_split(load_split(dataset, "test", data_dir).take(test_limit), binarize, "test")
-    if train.shape != test.shape:
-        raise DataError(f"{dataset}: train images are {train.shape.as_tuple()} but test images are {test.shape.as_tuple()}")
-    return PreparedData(train, test, dynamic_train=(binarize == "dynamic"))
+    return ImageDataset(static_binarize(ds.images, seed), ds.labels, ds.num_classes, ds.name, ds.factors)
 
 
 def labelled_subset(labels: torch.Tensor, n: int, num_classes: int, seed: int = 0) -> torch.Tensor:

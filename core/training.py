@@ -14,6 +14,7 @@ torch.distributed process group exists the loop is data-parallel:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -24,7 +25,8 @@ from tqdm.auto import tqdm
 
 from core.batches import TrainingSource, epoch_permutation  # noqa: F401  (epoch_permutation re-exported)
 from core.config import RunConfig
-from core.data import PreparedData, prepare_data
+from core.data import PreparedData
+from core.datasets import prepare_data
 from core.distributed import all_reduce_sum, average_gradients, gather_objects, world
 from core.evaluation import evaluate
 from core.files import atomic_torch_save
@@ -80,8 +82,8 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
         data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
     train_set = data.train
     if device.type != "cpu":  # keep the whole (uint8) dataset resident on the accelerator
-        train_set = type(train_set)(train_set.images.to(device), None if train_set.labels is None else train_set.labels.to(device),
-                                    train_set.num_classes, train_set.name)
+        train_set = dataclasses.replace(train_set, images=train_set.images.to(device),
+                                        labels=None if train_set.labels is None else train_set.labels.to(device))
 
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     variant = build_variant(cfg, data.shape, data.num_classes).to(device)

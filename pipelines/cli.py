@@ -212,7 +212,8 @@ def build_config_from_run(output: Path):
 
 
 def cmd_evaluate(args) -> int:
-    from core.data import prepare_split, load_split
+    from core.data import prepare_split
+    from core.datasets import load_split
     from core.evaluation import evaluate
     from core.serialization import load_model
     from pipelines.model_uri import resolve_model_uri

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.config import RunConfig
-from core.data import prepare_data
+from core.datasets import prepare_data
 from core.evaluation import evaluate
 from core.serialization import build_variant, load_state, read_checkpoint, save_model
 from core.training import print_report, save_checkpoint, train

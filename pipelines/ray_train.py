@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 
 from core.config import RunConfig
-from core.data import prepare_data
+from core.datasets import prepare_data
 from core.files import atomic_write, atomic_write_json, atomic_write_text
 from core.serialization import build_variant, load_state, read_checkpoint
 from core.training import print_report, save_checkpoint, train

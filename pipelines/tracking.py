@@ -171,7 +171,8 @@ def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -
     import shutil
     import tempfile
 
-    from core.data import load_split, prepare_split
+    from core.data import prepare_split
+    from core.datasets import load_split
     from core.serialization import CONFIG_FILE, WEIGHTS_FILE, load_model
     from pipelines.artifacts import write_artifacts
     from pipelines.mlflow_model import log_model

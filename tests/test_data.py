@@ -14,14 +14,13 @@ from core.data import (
     ImageDataset,
     labelled_subset,
     load_idx_split,
-    load_split,
-    prepare_data,
     prepare_split,
     read_idx,
     static_binarize,
     to_float,
     write_idx,
 )
+from core.datasets import load_split, prepare_data
 from conftest import N_TEST, N_TRAIN, NUM_CLASSES, make_images, write_idx_folder
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"

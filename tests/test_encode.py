@@ -26,7 +26,8 @@ import pytest
 import torch
 
 from core.config import RunConfig
-from core.data import SYSTEM_LOCATIONS, load_split, prepare_data
+from core.data import SYSTEM_LOCATIONS
+from core.datasets import load_split, prepare_data
 from core.serialization import build_variant, load_model, package_version, save_model
 from core.training import train
 from pipelines import encode as enc

@@ -162,7 +162,7 @@ def test_versions_registered_and_champion_alias(mlflow_server, tracked):
 def test_pyfunc_predict_equals_native_encode(mlflow_server, tracked, data_folder, monkeypatch):
     import mlflow
 
-    from core.data import load_split
+    from core.datasets import load_split
     from core.serialization import load_model
     from pipelines.model_uri import resolve_model_uri
 
@@ -190,7 +190,7 @@ def test_pyfunc_refuses_non_finite_images_naming_the_rows(mlflow_server, tracked
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from core.data import load_split
+    from core.datasets import load_split
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)

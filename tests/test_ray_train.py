@@ -25,7 +25,8 @@ import torch
 import ray
 
 from core.config import RunConfig  # noqa: E402
-from core.data import prepare_data, to_float, write_idx  # noqa: E402
+from core.data import to_float, write_idx  # noqa: E402
+from core.datasets import prepare_data
 from core.serialization import build_variant, load_model  # noqa: E402
 from core.serialization import read_checkpoint as load_checkpoint
 from core.training import epoch_permutation, train  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 from core.config import RunConfig
 from reference_outputs import RAY, load_reference, local_ray_cluster, train_on_ray
 
-pytestmark = pytest.mark.slow  # a Ray Train worker group per case (about 15-30 s each)
+pytestmark = pytest.mark.slow  # a Ray Train worker group per case (25-50 s each on a busy 2-core machine)
 
 ENTRIES = load_reference(RAY)
 

@@ -136,7 +136,7 @@ def _config(variant: str, folder: Path) -> RunConfig:
 
 
 def _prepared(folder: Path):
-    from core.data import prepare_data
+    from core.datasets import prepare_data
 
     return prepare_data(str(folder), None, "dynamic")
 
@@ -328,7 +328,7 @@ def test_unsearchable_data_folder_is_one_line(inputs, tmp_path):
     try:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         result = subprocess.run([*prefix, sys.executable, "-c",
-                                 "import sys; from core.data import load_split, DataError\n"
+                                 "import sys; from core.data import DataError; from core.datasets import load_split\n"
                                  "try: load_split(sys.argv[1], 'train')\n"
                                  "except DataError as e: print(e)", str(folder)],
                                 capture_output=True, text=True, env=env, cwd=REPO, timeout=120)

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from core.data import PreparedData, prepare_data
+from core.data import PreparedData
+from core.datasets import prepare_data
 from core.evaluation import evaluate
 from core.files import atomic_torch_save, atomic_write_json
 from core.serialization import save_model

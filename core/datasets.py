@@ -1,0 +1,55 @@
+"""Datasets by name: the one place a name (or path) becomes train and test splits.
+
+Searched in order: generated data with known factors (core/factors.py: dsprites, ...), a folder
+of IDX files, `data_dir`, the Debian package's Fashion-MNIST, torchvision's downloads.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core import factors
+from core.data import (
+    _TORCHVISION,
+    SPLIT_FILES,
+    SYSTEM_LOCATIONS,
+    DataError,
+    ImageDataset,
+    PreparedData,
+    _load_torchvision,
+    load_idx_split,
+    prepare_split,
+)
+
+
+def load_split(dataset: str, split: str, data_dir: str | None = None) -> ImageDataset:
+    """A split of a dataset given by name or path.
+
+    Order of search: `dataset` as a folder of IDX files; `data_dir` holding IDX files; the Debian
+    package's folder for Fashion-MNIST; torchvision (downloads into ~/.cache/vae-zoo).
+    """
+    if split not in SPLIT_FILES:
+        raise DataError(f"unknown split {split!r} (train or test)")
+    if factors.is_generated(dataset) and not Path(dataset).is_dir():
+        return factors.load_generated_split(dataset, split, data_dir)
+    if os.sep in dataset or Path(dataset).is_dir():
+        return load_idx_split(dataset, split)
+    key = dataset.lower()
+    if data_dir is not None:
+        return load_idx_split(data_dir, split, name=key)
+    system = SYSTEM_LOCATIONS.get(key)
+    if system and Path(system).is_dir():
+        return load_idx_split(system, split, name=key)
+    if key in _TORCHVISION:
+        return _load_torchvision(key, split, Path.home() / ".cache" / "vae-zoo" / key)
+    known = ", ".join(sorted(set(_TORCHVISION) | set(SYSTEM_LOCATIONS) | set(factors.GENERATORS)))
+    raise DataError(f"unknown dataset {dataset!r}: give a folder of IDX files or one of {known}")
+
+
+def prepare_data(dataset: str, data_dir: str | None, binarize: str,
+                 train_limit: int | None = None, test_limit: int | None = None) -> PreparedData:
+    train = prepare_split(load_split(dataset, "train", data_dir).take(train_limit), binarize, "train")
+    test = prepare_split(load_split(dataset, "test", data_dir).take(test_limit), binarize, "test")
+    if train.shape != test.shape:
+        raise DataError(f"{dataset}: train images are {train.shape.as_tuple()} but test images are {test.shape.as_tuple()}")
+    return PreparedData(train, test, dynamic_train=(binarize == "dynamic"))
