@@ -267,3 +267,77 @@ def test_ray_training_is_one_run_with_every_epoch(mlflow_server, data_folder, tm
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/elbo")) == [1, 2, 3]
     assert client.search_model_versions("name='tiny-ray'") == []
+
+
+# -- the experiment as the UI opens it, the data as run inputs, a quiet log_model ------------------
+def test_experiment_opens_in_training_mode_and_a_user_kind_is_kept(mlflow_server, tracked):
+    from pipelines.tracking.settings import EXPERIMENT_KIND_TAG, TRAINING_KIND, experiment_id
+
+    client = _client(mlflow_server)
+    assert client.get_experiment_by_name("zoo-test").tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    # an experiment made elsewhere without a kind gets one when vae-zoo first uses it
+    bare = client.create_experiment("made-by-hand")
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(bare).tags
+    assert experiment_id(mlflow_server, "made-by-hand") == bare
+    assert client.get_experiment(bare).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    # a kind the user chose stays, through vae-zoo's use of the experiment
+    chosen = client.create_experiment("genai-by-choice", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert experiment_id(mlflow_server, "genai-by-choice") == chosen
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_training_and_test_data_are_run_inputs_with_digest_and_rows(mlflow_server, tracked, data_folder):
+    import hashlib
+
+    from core.data import read_idx
+
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name("zoo-test")
+    expected = {}
+    for split, stem in (("train", "train-images-idx3-ubyte.gz"), ("test", "t10k-images-idx3-ubyte.gz")):
+        images = read_idx(data_folder / stem)
+        expected[split] = (hashlib.sha256(images.astype(np.uint8).tobytes()).hexdigest()[:32], str(len(images)))
+    for run in client.search_runs([exp.experiment_id]):
+        inputs = run.inputs.dataset_inputs
+        found = {}
+        for item in inputs:
+            tags = {t.key: t.value for t in item.tags}
+            found[tags["split"]] = (item.dataset.digest, tags["rows"])
+            assert item.dataset.name == f"tiny-{tags['split']}"
+            assert json.loads(item.dataset.source)["uri"] == str(data_folder)
+            assert tags["binarize"] == "dynamic"
+            assert tags["mlflow.data.context"] == {"train": "training", "test": "testing"}[tags["split"]]
+        assert found == expected, run.data.tags["variant"]
+
+
+def test_log_model_prints_no_warning(mlflow_server, tracked, tmp_path):
+    import logging
+    import shutil
+    import warnings
+
+    from pipelines.tracking.pyfunc import log_model
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    model_dir = tmp_path / "vaezoo_model"
+    model_dir.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(tracked["vae"] / name, model_dir / name)
+    run = _client(mlflow_server).create_run(_client(mlflow_server).get_experiment_by_name("zoo-test").experiment_id)
+    handler = Keep(level=logging.WARNING)
+    logger = logging.getLogger("mlflow")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            uri = log_model(run.info.run_id, mlflow_server, model_dir, np.zeros((2, 1, 8, 8), np.float32), (1, 8, 8), 2)
+    finally:
+        logger.removeHandler(handler)
+    assert uri.startswith("models:/")
+    said = [r.getMessage() for r in records] + [str(w.message) for w in caught]
+    assert not [m for m in said if "type hint" in m.lower()], said
+    assert said == [], said
