@@ -341,3 +341,91 @@ def test_log_model_prints_no_warning(mlflow_server, tracked, tmp_path):
     said = [r.getMessage() for r in records] + [str(w.message) for w in caught]
     assert not [m for m in said if "type hint" in m.lower()], said
     assert said == [], said
+
+
+# -- the MLflow UI as a user meets it, in a real headless browser ---------------------------------
+def _chromium() -> str:
+    import shutil
+
+    found = shutil.which("chromium")
+    if found is None:  # scripts/setup.sh installs it: a missing browser is a broken setup, not a skip
+        pytest.fail("chromium is not installed (scripts/setup.sh installs Debian's chromium)")
+    return found
+
+
+def _browse(url: str, screenshot: Path | None = None) -> str:
+    """The page's DOM after its scripts ran (virtual time, not a wall-clock wait); a screenshot too."""
+    common = [_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--window-size=1600,1000", "--virtual-time-budget=20000"]
+    if screenshot is not None:
+        subprocess.run([*common, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
+        assert screenshot.read_bytes()[:8] == PNG_SIGNATURE
+    return subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def _text(dom: str) -> str:
+    import html
+    import re
+
+    dom = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    """Test artifacts: $VAEZOO_UI_SCREENSHOTS if set (docs/figures is made that way), else a temp folder."""
+    folder = Path(os.environ.get("VAEZOO_UI_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_ui_experiment_page_is_in_training_mode_and_lists_both_runs(mlflow_server, tracked, screenshots):
+    client = _client(mlflow_server)
+    exp_id = client.get_experiment_by_name("zoo-test").experiment_id
+    plain = client.create_experiment("no-kind-ui")  # made without vae-zoo: no kind, MLflow's GenAI default
+    ours = _browse(f"{mlflow_server}/#/experiments/{exp_id}/runs", screenshots / "mlflow-ui-runs.png")
+    # The "Training runs" entry of the experiment's navigation is there only for a training experiment.
+    assert f'href="#/experiments/{exp_id}/runs?' in ours
+    assert f'href="#/experiments/{plain}/runs?' not in _browse(f"{mlflow_server}/#/experiments/{plain}")
+    text = _text(ours)
+    assert "Training runs" in text
+    assert "vae-tiny" in text and "iwae-tiny" in text
+
+
+def test_ui_compare_view_shows_shared_metrics_of_both_runs(mlflow_server, tracked, screenshots):
+    import html
+    import re
+
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name("zoo-test")
+    runs = sorted((r for r in client.search_runs([exp.experiment_id]) if "final/nll" in r.data.metrics),
+                  key=lambda r: r.data.tags["variant"])
+    ids = [json.loads((tracked[v] / "mlflow_run.json").read_text())["run_id"] for v in ("iwae", "vae")]
+    assert [r.info.run_id for r in runs] == ids
+    url = f'{mlflow_server}/#/compare-runs?runs={json.dumps(ids).replace(" ", "")}&experiments=["{exp.experiment_id}"]'
+    dom = _browse(url, screenshots / "mlflow-ui-compare.png")
+    # The metrics grid: a label column (links titled "Plot chart") and a value column per run, rows by offset.
+    cell = r'<div class="[^"]*" style="height: 45px; left: (\d+)px; position: absolute; top: (\d+)px; width: \d+px;">(.*?)</div>'
+    labels, values = {}, {}
+    for left, top, inner in re.findall(cell, dom, flags=re.S):
+        text = html.unescape(re.sub(r"<[^>]+>", "", inner)).strip()
+        if 'title="Plot chart"' in inner:
+            labels[int(top)] = text
+        else:
+            values.setdefault(int(top), {})[int(left)] = text
+    shown = {labels[top]: [row[left] for left in sorted(row)] for top, row in values.items() if top in labels}
+    for metric in ("final/nll", "final/elbo"):
+        assert metric in shown, sorted(shown)
+        expected = [run.data.metrics[metric] for run in runs]  # one column per run, in the URL's order
+        assert len(shown[metric]) == 2
+        for cell_text, value in zip(shown[metric], expected):
+            assert abs(float(cell_text.replace("\u2212", "-")) - value) <= 0.0051, (metric, cell_text, value)
+
+
+def test_ui_model_version_page_shows_the_champion_alias(mlflow_server, tracked, screenshots):
+    client = _client(mlflow_server)
+    champion = client.get_model_version_by_alias("tiny-vae", "champion")
+    text = _text(_browse(f"{mlflow_server}/#/models/tiny-vae/versions/{champion.version}",
+                         screenshots / "mlflow-ui-model-version.png"))
+    assert f"tiny-vae v{champion.version}" in text
+    assert "Aliases : @ champion" in text.replace("\xa0", " ")
