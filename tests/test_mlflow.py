@@ -353,14 +353,15 @@ def _chromium() -> str:
     return found
 
 
-def _browse(url: str, screenshot: Path | None = None) -> str:
+def _browse(url: str, screenshot: Path | None = None, height: int = 1000) -> str:
     """The page's DOM after its scripts ran (virtual time, not a wall-clock wait); a screenshot too."""
     common = [_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-              "--window-size=1600,1000", "--virtual-time-budget=20000"]
+              "--virtual-time-budget=20000"]
     if screenshot is not None:
-        subprocess.run([*common, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
+        subprocess.run([*common, f"--window-size=1600,{height}", f"--screenshot={screenshot}", url],
+                       capture_output=True, timeout=120, check=True)
         assert screenshot.read_bytes()[:8] == PNG_SIGNATURE
-    return subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    return subprocess.run([*common, "--window-size=1600,1000", "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
 
 
 def _text(dom: str) -> str:
@@ -403,7 +404,7 @@ def test_ui_compare_view_shows_shared_metrics_of_both_runs(mlflow_server, tracke
     ids = [json.loads((tracked[v] / "mlflow_run.json").read_text())["run_id"] for v in ("iwae", "vae")]
     assert [r.info.run_id for r in runs] == ids
     url = f'{mlflow_server}/#/compare-runs?runs={json.dumps(ids).replace(" ", "")}&experiments=["{exp.experiment_id}"]'
-    dom = _browse(url, screenshots / "mlflow-ui-compare.png")
+    dom = _browse(url, screenshots / "mlflow-ui-compare.png", height=2400)
     # The metrics grid: a label column (links titled "Plot chart") and a value column per run, rows by offset.
     cell = r'<div class="[^"]*" style="height: 45px; left: (\d+)px; position: absolute; top: (\d+)px; width: \d+px;">(.*?)</div>'
     labels, values = {}, {}
