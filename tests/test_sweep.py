@@ -187,3 +187,34 @@ def test_killed_sweep_resumes_without_retraining_finished_trials(tmp_path, data)
     for child in children:
         steps = [m.step for m in client(tmp_path / "mlflow.db").get_metric_history(child.info.run_id, "train/elbo")]
         assert sorted(steps) == [1, 2], (child.data.tags["sweep.trial_id"], steps)
+
+
+def test_sweep_file_errors_name_the_field(tmp_path, data):
+    from core.config import ConfigError
+    from pipelines.sweep import load_sweep
+
+    with pytest.raises(ConfigError, match="latent_dim"):  # every value is checked before any trial runs
+        load_sweep(write_sweep(tmp_path / "a.yaml", data, space={"model.latent_dim": {"grid": [2, -1]}}))
+    with pytest.raises(ConfigError, match="search: must be one of grid, random, optuna"):
+        load_sweep(write_sweep(tmp_path / "b.yaml", data, search="bayes", space={"train.seed": {"grid": [0]}}))
+    with pytest.raises(ConfigError, match="space.train.lr: search grid takes only"):
+        load_sweep(write_sweep(tmp_path / "c.yaml", data, space={"train.lr": {"loguniform": [1e-4, 1e-2]}}))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_sweep(write_sweep(tmp_path / "d.yaml", data, spaces={}, space={"train.seed": {"grid": [0]}}))
+
+
+def test_optuna_draws_from_the_space_including_the_variant(tmp_path, data):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from pipelines.sweep import load_sweep, param_space, trial_config
+
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", data, search="optuna", num_samples=4,
+                                   space={"variant_name": {"grid": ["vae", "iwae"]},
+                                          "train.lr": {"loguniform": [1e-4, 1e-2]}}))
+    searcher = OptunaSearch(seed=0)
+    assert searcher.set_search_properties("test/nll", "min", param_space(sweep))
+    drawn = [searcher.suggest(f"t{i}") for i in range(8)]
+    assert {d["variant_name"] for d in drawn} == {"vae", "iwae"}
+    assert all(1e-4 <= d["train.lr"] <= 1e-2 for d in drawn)
+    config = trial_config(sweep["base"], drawn[0])
+    assert config.variant_name == drawn[0]["variant_name"] and config.train.lr == drawn[0]["train.lr"]
