@@ -326,9 +326,12 @@ def _finish(sweep: dict[str, Any], sweep_dir: Path, uri: str, parent_run_id: str
     from pipelines.tracking.settings import client
 
     mlflow_client = client(uri)
-    rows = []
+    rows, failed = [], 0
     for result in grid:
-        trial_id = result.metrics["trial_id"]
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id is None:  # failed before its first epoch: nothing to tabulate
+            failed += 1
+            continue
         output = trial_dir(sweep_dir, trial_id)
         results = json.loads((output / "results.json").read_text()) if (output / "results.json").is_file() else {}
         trainings = sweep_dir / TRAININGS_DIR / f"{trial_id}.log"
@@ -342,7 +345,8 @@ def _finish(sweep: dict[str, Any], sweep_dir: Path, uri: str, parent_run_id: str
     picture = _scatter(rows, list(sweep["space"]), sweep_dir / "sweep.png")
     if picture:
         mlflow_client.log_artifact(parent_run_id, str(picture))
-    info: dict[str, Any] = {"sweep_dir": str(sweep_dir), "parent_run_id": parent_run_id, "trials": rows}
+    info: dict[str, Any] = {"sweep_dir": str(sweep_dir), "parent_run_id": parent_run_id, "trials": rows,
+                            "failed_before_first_epoch": failed}
     best = rows[0] if rows and rows[0]["final/nll"] is not None else None
     if best is not None:
         import time
