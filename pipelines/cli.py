@@ -213,8 +213,12 @@ def cmd_sweep(args) -> int:
     if not args.config and not (args.resume and args.output):
         raise ValueError("give --config SWEEP.yaml (or --resume --output SWEEP_DIR)")
     output = Path(args.output or Path("sweeps") / Path(args.config).stem)
-    # A resumed sweep keeps the file it started with (saved in the sweep folder).
-    sweep = None if args.resume and (output / SWEEP_FILE).is_file() else load_sweep(args.config)
+    if args.resume:  # a resumed sweep keeps the file it started with (saved in the sweep folder)
+        if not (output / SWEEP_FILE).is_file():
+            raise FileNotFoundError(f"--resume: {output} holds no sweep to continue")
+        sweep = None
+    else:
+        sweep = load_sweep(args.config)
     info = run_sweep(sweep, output, resume=args.resume, address=args.address, max_concurrent=args.max_concurrent)
     print(json.dumps(info, indent=2, sort_keys=True, default=str))
     return 0

@@ -265,7 +265,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 # -- the sweep --------------------------------------------------------------------------------------
-def run_sweep(sweep: dict[str, Any], sweep_dir: Path, resume: bool = False, address: str | None = None,
+def run_sweep(sweep: dict[str, Any] | None, sweep_dir: Path, resume: bool = False, address: str | None = None,
               max_concurrent: int | None = None) -> dict[str, Any]:
     """Run (or, with resume, continue) a sweep; returns the trials' table and the best trial."""
     from ray import tune

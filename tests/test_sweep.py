@@ -218,3 +218,16 @@ def test_optuna_draws_from_the_space_including_the_variant(tmp_path, data):
     assert all(1e-4 <= d["train.lr"] <= 1e-2 for d in drawn)
     config = trial_config(sweep["base"], drawn[0])
     assert config.variant_name == drawn[0]["variant_name"] and config.train.lr == drawn[0]["train.lr"]
+
+
+def test_cli_refuses_a_resume_with_nothing_to_resume_and_a_used_folder(tmp_path, data, capsys):
+    from pipelines.cli import main
+
+    assert main(["sweep", "--resume", "--output", str(tmp_path / "none")]) == 1
+    assert "--resume:" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("mine")
+    sweep = write_sweep(tmp_path / "s.yaml", data, space={"train.seed": {"grid": [0]}})
+    assert main(["sweep", "--config", str(sweep), "--output", str(tmp_path / "used")]) == 1
+    assert "is not empty" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "used").iterdir()] == ["keep.txt"]
