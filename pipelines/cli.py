@@ -205,6 +205,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from pipelines.sweep import SWEEP_FILE, load_sweep, run_sweep
+
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ValueError("--max-concurrent must be 1 or more")
+    if not args.config and not (args.resume and args.output):
+        raise ValueError("give --config SWEEP.yaml (or --resume --output SWEEP_DIR)")
+    output = Path(args.output or Path("sweeps") / Path(args.config).stem)
+    if args.resume:  # a resumed sweep keeps the file it started with (saved in the sweep folder)
+        if not (output / SWEEP_FILE).is_file():
+            raise FileNotFoundError(f"--resume: {output} holds no sweep to continue")
+        sweep = None
+    else:
+        sweep = load_sweep(args.config)
+    info = run_sweep(sweep, output, resume=args.resume, address=args.address, max_concurrent=args.max_concurrent)
+    print(json.dumps(info, indent=2, sort_keys=True, default=str))
+    return 0
+
+
 def build_config_from_run(output: Path):
     from core.config import RunConfig
 
@@ -289,6 +308,14 @@ def make_parser() -> argparse.ArgumentParser:
     from pipelines.encode import add_encode_parser
 
     add_encode_parser(sub)
+    w = sub.add_parser("sweep", help="a sweep of trainings on Ray Tune (ASHA, grid/random/optuna)",
+                       description="Train every configuration of SWEEP.yaml's space on Ray Tune; one MLflow parent "
+                                   "run, a child run per trial, the best trial registered (see pipelines/sweep.py).")
+    w.add_argument("--config", help="SWEEP.yaml: base config, space, search, asha, resources (not needed with --resume)")
+    w.add_argument("--output", help="sweep folder (default sweeps/<sweep file name>)")
+    w.add_argument("--max-concurrent", type=int, help="trials at once (default: the file's max_concurrent, else 1)")
+    w.add_argument("--resume", action="store_true", help="continue the sweep in --output; finished trials are kept")
+    w.add_argument("--address", help="Ray cluster to join; default $RAY_ADDRESS, else a local cluster")
     c = sub.add_parser("compare", help="the latest run of each variant on the shared test metrics")
     c.add_argument("--experiment", default="vae-zoo", help="MLflow experiment (default vae-zoo)")
     c.add_argument("--format", default="text", choices=["text", "csv", "markdown"])
@@ -296,7 +323,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample,
-            "compare": cmd_compare, "encode": cmd_encode, "quality": cmd_quality}
+            "compare": cmd_compare, "sweep": cmd_sweep, "encode": cmd_encode, "quality": cmd_quality}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@
 
 Tests on clusters started with `ray start` (two nodes, Ray Jobs) are in test_ray_jobs.py.
 """
+# test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
 
 import json
