@@ -33,7 +33,9 @@ def _train_parser(sub) -> None:
     r.add_argument("--num-workers", type=int, default=1,
                    help="Ray Train workers; each global batch is split across them (default 1; 0 trains in-process without Ray)")
     r.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend (default CPU workers, gloo)")
-    r.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default 1)")
+    r.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved per worker, each a torch thread (default: on a local cluster the machine's "
+                        "CPUs split over the workers; on a cluster joined with --address, 1)")
     r.add_argument("--address", help="Ray cluster to join (host:port, auto); default $RAY_ADDRESS, else a local "
                                      "cluster started for this run")
     r.add_argument("--storage-path", help="where Ray keeps checkpoints (the last 3), a folder or URI; shared storage "
