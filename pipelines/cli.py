@@ -87,10 +87,8 @@ def build_config(args):
     flags = _given_flags(args)
     if args.no_progress:
         flags["train.progress"] = False
-    if "variant_name" in flags and flags["variant_name"] != config.variant_name:
-        # A different variant starts from its own option defaults, not the file's.
-        raw = config.to_dict() | {"variant_name": flags.pop("variant_name"), "variant": {}}
-        config = RunConfig.from_dict(raw)
+    if "variant_name" in flags:  # a different variant starts from its own defaults, not the file's
+        config = config.with_variant(flags.pop("variant_name"))
     return config.with_overrides(flags | overrides)
 
 

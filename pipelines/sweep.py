@@ -97,14 +97,10 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
 
 def trial_config(base: dict[str, Any], overrides: dict[str, Any]):
     """The trial's RunConfig: `base` with dotted-key overrides. A trial that changes the variant
-    starts from that variant's default options (another variant's options would not validate)."""
+    starts from that variant's default options and objective (RunConfig.with_variant)."""
     from core.config import RunConfig
 
-    raw, rest = dict(base), dict(overrides)
-    variant_name = rest.pop("variant_name", raw.get("variant_name"))
-    if variant_name != raw.get("variant_name"):
-        raw.update(variant_name=variant_name, variant={})
-    return RunConfig.from_dict(raw).with_overrides(rest)
+    return RunConfig.from_dict(base).with_overrides(overrides)
 
 
 def param_space(sweep: dict[str, Any]) -> dict[str, Any]:

@@ -328,3 +328,19 @@ def test_console_script_runs_and_exits_with_the_right_codes(dataset, tmp_path):
     assert bad.returncode == 1
     assert "model.latent_dim" in _one_error_line(bad.stderr, "train")
     assert bad.stdout == ""
+
+
+def test_train_variant_flag_takes_the_variants_own_objective(tmp_path):
+    """`vaezoo train --variant iwae` trains the IWAE bound, also over a config file written for
+    the vae; `--set objective.*` still applies on top."""
+    from pipelines.cli import build_config, make_parser
+
+    vae_file = tmp_path / "vae.yaml"
+    vae_file.write_text("variant_name: vae\nobjective: {name: elbo, samples: 3}\n")
+    for argv in (["train", "--variant", "iwae", "--dataset", "x"],
+                 ["train", "--config", str(vae_file), "--variant", "iwae", "--dataset", "x"]):
+        config = build_config(make_parser().parse_args(argv))
+        assert (config.variant_name, config.objective.name, config.objective.k) == ("iwae", "iwae", 5)
+    config = build_config(make_parser().parse_args(["train", "--variant", "dvae", "--dataset", "x",
+                                                    "--set", "objective.name=iwae", "--set", "objective.k=7"]))
+    assert (config.variant_name, config.objective.name, config.objective.k) == ("dvae", "iwae", 7)
