@@ -152,3 +152,79 @@ def test_evaluation_without_factors_has_no_disentanglement_metrics(prepared):
     vae = build_variant(RunConfig(), prepared.shape, prepared.num_classes)
     metrics = evaluate(vae, prepared.test, nll_samples=0)
     assert not [k for k in metrics if k == "mig" or k.startswith("explained_variance")]
+
+
+# -- the quality suite ---------------------------------------------------------------------------
+
+def test_quality_plan_trains_three_models_per_seed_on_the_same_conv_networks():
+    from pipelines.quality import Budget, job_config, plan
+
+    budget = Budget(dataset=SPRITES, dcign_seeds=2, overrides={"model.conv_channels": [8, 16]})
+    jobs = plan(budget, ["dcign"])
+    assert [j.key for j in jobs] == ["dcign-s0", "vae-conv-s0", "beta4-vae-conv-s0",
+                                     "dcign-s1", "vae-conv-s1", "beta4-vae-conv-s1"]
+    configs = {j.key: job_config(budget, j) for j in jobs}
+    for key, config in configs.items():
+        assert config.model.architecture == "conv" and config.model.conv_channels == [8, 16]
+        assert config.train.seed == int(key[-1])
+    assert configs["dcign-s1"].variant_name == "dcign" and configs["vae-conv-s1"].variant_name == "vae"
+    assert (configs["vae-conv-s0"].objective.beta, configs["beta4-vae-conv-s0"].objective.beta) == (1.0, 4.0)
+    assert configs["beta4-vae-conv-s0"].objective.name == "elbo"
+    with pytest.raises(ValueError, match="needs data with known factors"):
+        plan(Budget(dataset="fashion-mnist"), ["dcign"])
+
+
+def _suite_results(dcign_x: list[float], vae_x: list[float]) -> dict:
+    r = {}
+    for s, (a, b) in enumerate(zip(dcign_x, vae_x)):
+        r[f"dcign-s{s}"] = {"key": f"dcign-s{s}", "variant": "dcign", "kind": "variant", "options": {},
+                            "latent_groups": {"x": [0]}, "explained_variance/x": a}
+        r[f"vae-conv-s{s}"] = {"key": f"vae-conv-s{s}", "variant": "vae", "kind": "variant", "options": {},
+                               "explained_variance/x": b}
+    return r
+
+
+@pytest.mark.parametrize("dcign_x,vae_x,status", [
+    ([0.9, 0.8, 0.85], [0.5, 0.45, 0.55], "holds"),                        # +0.35, SE 0.03
+    ([0.9, 0.5, 0.7], [0.6, 0.7, 0.6], "not resolved at this budget"),     # +0.07, SE 0.15
+    ([0.3, 0.35, 0.3], [0.6, 0.7, 0.6], "**does not hold**"),              # -0.32, SE 0.02
+    ([0.9], [0.1], "not resolved at this budget"),                          # one seed: no standard error
+])
+def test_dcign_claim_is_resolved_only_beyond_twice_the_standard_error(dcign_x, vae_x, status):
+    from pipelines.quality.claims import dcign_findings, seed_difference
+
+    found = dcign_findings(_suite_results(dcign_x, vae_x))
+    assert len(found) == 1 and found[0]["status"] == status and found[0]["holds"] == (status == "holds")
+    diffs = [a - b for a, b in zip(dcign_x, vae_x)]
+    mean, se = seed_difference(diffs)
+    assert mean == pytest.approx(sum(diffs) / len(diffs))
+    if len(diffs) > 1:
+        import numpy as np
+        assert se == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+
+
+def test_rerendering_moves_only_the_factors_latents_through_mean_plus_minus_two_sd(sprites):
+    from pipelines.quality.figures import rerender
+
+    variant = build_variant(dcign_config(), sprites.shape, sprites.num_classes)
+    walks = []
+
+    def decode_mean(z):  # record the latents each re-rendering decodes
+        walks.append(z.clone())
+        return torch.zeros(len(z), *sprites.shape.as_tuple())
+
+    variant.decode_mean = decode_mean
+    grid = rerender(variant, sprites, ["x", "shape"], images=2, steps=5)
+    assert grid.shape == (2 * 2 * 6, *sprites.shape.as_tuple())
+    assert torch.equal(grid[0], sprites.test.images[0].float() / 255)  # each row opens on its test image
+    with torch.no_grad():
+        means = torch.cat([variant.encode(sprites.test.images[i:i + 48].float() / 255)[0] for i in (0, 48)])
+        z0 = variant.encode(sprites.test.images[:1].float() / 255)[0][0]
+    x_walk = walks[0]  # factor x, image 0: only x's group (dim 2) moves, from mean - 2 SD to mean + 2 SD
+    others = [d for d in range(6) if d != 2]
+    assert torch.allclose(x_walk[:, others], z0[others].expand(5, -1))
+    assert x_walk[0, 2] == pytest.approx(float(means[:, 2].mean() - 2 * means[:, 2].std()), abs=1e-5)
+    assert x_walk[-1, 2] == pytest.approx(float(means[:, 2].mean() + 2 * means[:, 2].std()), abs=1e-5)
+    best = best_single_latent(means.double(), sprites.test.factors.values, sprites.test.factors.names)["shape"][0]
+    moved = (walks[2] != walks[2][:1]).any(0)  # shape has no group: its best single latent moves alone
+    assert moved.nonzero().flatten().tolist() == [best]
