@@ -17,7 +17,7 @@ from conftest import N_TEST, N_TRAIN, make_images, write_idx_folder
 from core.serialization import read_checkpoint as load_checkpoint
 from pipelines.cli import main
 
-ALL_VARIANTS = ["vae", "iwae", "cvae", "dvae", "m2"]
+ALL_VARIANTS = ["vae", "iwae", "cvae", "dvae", "m2", "aae"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -95,12 +95,12 @@ class _Capture:
 
 # -- variants -----------------------------------------------------------------------------------
 
-def test_variants_lists_all_five(capsys):
+def test_variants_lists_every_builtin(capsys):
     assert main(["variants"]) == 0
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")]
     assert sorted(listed) == sorted(ALL_VARIANTS)
-    assert "Burda" in out and "Kingma" in out and "Sohn" in out and "Im, Ahn" in out
+    assert "Burda" in out and "Kingma" in out and "Sohn" in out and "Im, Ahn" in out and "Makhzani" in out
 
 
 # -- train ----------------------------------------------------------------------------------------
