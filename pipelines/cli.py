@@ -86,8 +86,9 @@ def build_config(args):
     if args.no_progress:
         flags["train.progress"] = False
     if "variant_name" in flags and flags["variant_name"] != config.variant_name:
-        # A different variant starts from its own option defaults, not the file's.
-        raw = config.to_dict() | {"variant_name": flags.pop("variant_name"), "variant": {}}
+        # A different variant starts from its own option defaults and its own default objective
+        # (iwae's k=5 bound; none for aae), not the file's; --set objective.* still applies after.
+        raw = config.to_dict() | {"variant_name": flags.pop("variant_name"), "variant": {}, "objective": None}
         config = RunConfig.from_dict(raw)
     return config.with_overrides(flags | overrides)
 

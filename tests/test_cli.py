@@ -328,3 +328,15 @@ def test_console_script_runs_and_exits_with_the_right_codes(dataset, tmp_path):
     assert bad.returncode == 1
     assert "model.latent_dim" in _one_error_line(bad.stderr, "train")
     assert bad.stdout == ""
+
+
+def test_a_different_variant_starts_from_its_own_default_objective():
+    from pipelines.cli import build_config, make_parser
+
+    def objective(*argv):
+        return build_config(make_parser().parse_args(["train", *argv])).objective
+
+    assert objective("--variant", "iwae").name == "iwae" and objective("--variant", "iwae").k == 5  # the preset
+    assert objective("--variant", "aae") is None  # losses of its own
+    assert objective("--variant", "iwae", "--set", "objective.k=7").k == 7
+    assert objective().name == "elbo"
