@@ -29,7 +29,9 @@ importance-sampled NLL applies); `prior` gaussian, mixture (10 Gaussians on a ci
 swiss_roll; `label_conditioned_prior` (Figure 4: the label picks the prior's component, and the
 discriminator sees a one-hot label beside the code); `semi_supervised_labels` N (section 5: a
 categorical head y matched to a uniform categorical prior and a style code z matched to `prior`,
-each by its own discriminator, decoder p(x | y, z), N class-balanced labels as in m2).
+each by its own discriminator, decoder p(x | y, z), N class-balanced labels as in m2);
+`adversarial_lr` (2e-4) is Adam's rate in the discriminator and generator phases, train.lr in the
+others (the paper steps the phases with their own rates as well).
 """
 from __future__ import annotations
 
@@ -53,8 +55,10 @@ class AAEOptions(VariantOptions):
     prior: Literal["gaussian", "mixture", "swiss_roll"] = "gaussian"
     label_conditioned_prior: bool = False
     discriminator_hidden: list[int] = Field(default_factory=lambda: [256, 256])
-    # Learning rate of the discriminator and generator phases; None: train.lr.
-    adversarial_lr: float | None = Field(None, gt=0)
+    # Adam's learning rate in the discriminator and generator phases (the reconstruction and
+    # supervised phases use train.lr). 2e-4 is the usual GAN rate (Radford et al. 2016); with
+    # train.lr = 1e-3 here the adversarial game was unstable (README, "Adversarial autoencoder").
+    adversarial_lr: float = Field(2e-4, gt=0)
     semi_supervised_labels: int | None = Field(None, ge=1)
     labelled_batch_size: int = Field(64, ge=1)
 
@@ -125,7 +129,7 @@ class AdversarialAutoencoder(Variant):
             return torch.optim.Adam(params, lr=lr, weight_decay=train_cfg.weight_decay,
                                     fused=train_cfg.fused_adam or None)
 
-        adversarial_lr = self.options.adversarial_lr or train_cfg.lr
+        adversarial_lr = self.options.adversarial_lr
         encoder = list(self.vae.encoder.parameters())
         if self.semi_supervised:
             encoder += list(self.classifier.parameters())
