@@ -25,6 +25,11 @@ the seeds, paired by seed; otherwise "not resolved at this budget"):
    aae-gaussian below the vae's, both against N(0, I)).
 2. Parzen LL of the aae against the vae (the paper's Table 1 reports the aae higher on MNIST).
 
+3. Semi-supervised (section 5, `run_semi_supervised`): test accuracy of the aae's q(y|x) with N
+   class-balanced labels against the labels-only classifier of the same network on the same
+   labels and number of labelled batches (pipelines/quality.py's m2 baseline; m2 itself is in the
+   `m2` suite of `vaezoo quality`). The aae here has a 10-D style code.
+
 This is its own module while pipelines/quality.py is being split into a package: the quality
 planner calls `run_aae_suite(AAEBudget(...), out)`; `python -m pipelines.quality_aae` runs it.
 """
@@ -70,6 +75,8 @@ class AAEBudget:
     samples: int = 10_000        # Parzen: decoded prior samples per model
     mmd_points: int = 2_000      # MMD: test codes and prior samples each
     nll_samples: int = 200       # importance samples for models with a likelihood (the vae)
+    semi_labels: list[int] = field(default_factory=lambda: [100, 1000])
+    semi_style_dim: int = 10
 
     def config(self, model: str, seed: int) -> RunConfig:
         variant, options = MODELS[model]
@@ -81,6 +88,13 @@ class AAEBudget:
             "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": seed,
                       "eval_nll_samples": 10, "eval_nll_examples": 100, "progress": False},
         }
+        return RunConfig.from_dict(raw)
+
+
+    def semi_config(self, labels: int, seed: int) -> RunConfig:
+        raw = self.config("aae-gaussian", seed).to_dict()
+        raw["variant"] = {"semi_supervised_labels": labels}
+        raw["model"]["latent_dim"] = self.semi_style_dim
         return RunConfig.from_dict(raw)
 
 
@@ -232,6 +246,43 @@ def run_aae_suite(budget: AAEBudget, out: Path, figures: Path | None = None, log
     return report
 
 
+def run_semi_supervised(budget: AAEBudget, out: Path, log=print) -> dict[str, Any]:
+    """Test accuracy of the semi-supervised aae and of the labels-only classifier, for each number
+    of labels and seed; OUT/aae-semi.json (atomically). Returns the report."""
+    from pipelines.quality import train_label_classifier  # the m2 suite's baseline, unchanged
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_suite_data(budget)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for labels in budget.semi_labels:
+        for seed in budget.seeds:
+            config = budget.semi_config(labels, seed)
+            variant = train(config, report=lambda m, c: None, data=data.prepared)
+            aae_acc = evaluate(variant, data.prepared.test, batch_size=500)["accuracy"]
+            _, baseline = train_label_classifier(config, data.prepared, labels)
+            results.setdefault(f"n{labels}", {})[str(seed)] = {"aae": aae_acc, "classifier": baseline["accuracy"]}
+            log(f"semi-supervised n={labels} seed {seed}: aae {aae_acc:.4f}, labels-only classifier "
+                f"{baseline['accuracy']:.4f}")
+    report = {"budget": asdict(budget), "results": results, "findings": [
+        paired_claim(f"aae accuracy above the labels-only classifier's with {n} labels",
+                     [r["aae"] for r in results[f"n{n}"].values()], [r["classifier"] for r in results[f"n{n}"].values()],
+                     "accuracy")
+        for n in budget.semi_labels]}
+    _write_json(out / "aae-semi.json", report)
+    return report
+
+
+def semi_markdown(report: dict[str, Any]) -> str:
+    rows = ["| labels | aae accuracy per seed | labels-only classifier per seed | difference ± s.e. | verdict |",
+            "| --- | --- | --- | --- | --- |"]
+    for (key, per_seed), f in zip(report["results"].items(), report["findings"]):
+        aae = ", ".join(f"{r['aae']:.4f}" for r in per_seed.values())
+        baseline = ", ".join(f"{r['classifier']:.4f}" for r in per_seed.values())
+        rows.append(f"| {key[1:]} | {aae} | {baseline} | {f['difference']:+.4f} ± {f['standard_error']:.4f} | "
+                    f"{f['verdict']} |")
+    return "\n".join(rows)
+
+
 def markdown(report: dict[str, Any]) -> str:
     seeds = report["budget"]["seeds"]
     rows = ["| model | Parzen LL (nats) per seed, ± s.e. over test images | MMD² codes vs prior per seed |",
@@ -257,12 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--samples", type=int, default=AAEBudget.samples)
     parser.add_argument("--test-examples", type=int, default=AAEBudget.test_examples)
+    parser.add_argument("--part", choices=["unsupervised", "semi", "all"], default="all")
+    parser.add_argument("--semi-labels", default="100,1000")
     args = parser.parse_args(argv)
     budget = AAEBudget(dataset=args.dataset, train_limit=args.train_limit, epochs=args.epochs,
                        seeds=[int(s) for s in args.seeds.split(",")], samples=args.samples,
-                       test_examples=args.test_examples)
-    report = run_aae_suite(budget, Path(args.out), Path(args.figures) if args.figures else None)
-    print(markdown(report))
+                       test_examples=args.test_examples, semi_labels=[int(n) for n in args.semi_labels.split(",")])
+    if args.part in ("unsupervised", "all"):
+        print(markdown(run_aae_suite(budget, Path(args.out), Path(args.figures) if args.figures else None)))
+    if args.part in ("semi", "all"):
+        print(semi_markdown(run_semi_supervised(budget, Path(args.out))))
     return 0
 
 

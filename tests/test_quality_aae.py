@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from pipelines.quality_aae import AAEBudget, MODELS, load_suite_data, paired_claim, run_aae_suite
+from pipelines.quality_aae import AAEBudget, MODELS, load_suite_data, paired_claim, run_aae_suite, run_semi_supervised, semi_markdown
 
 
 def test_paired_claim_applies_the_two_standard_error_rule():
@@ -48,3 +48,19 @@ def test_suite_reports_every_model_and_seed_with_one_kernel_per_prior(idx_folder
         assert saved["results"]["vae"][seed]["mmd_bandwidth"] == saved["results"]["aae-gaussian"][seed]["mmd_bandwidth"]
     for name in ("aae-codes.png", "aae-samples-vae.png", "aae-samples-aae-mixture.png"):
         assert (tmp_path / "out" / "figures" / name).stat().st_size > 1000, name
+
+
+def test_semi_supervised_part_reports_both_accuracies_per_seed(idx_folder, tmp_path):
+    budget = tiny_budget(idx_folder)
+    budget.semi_labels = [8, 40]
+    report = run_semi_supervised(budget, tmp_path / "out", log=lambda *a: None)
+    saved = json.loads((tmp_path / "out" / "aae-semi.json").read_text())
+    assert set(saved["results"]) == {"n8", "n40"} and len(saved["findings"]) == 2
+    for per_seed in report["results"].values():
+        assert set(per_seed) == {"0", "1"}
+        for r in per_seed.values():
+            # 64 test images: accuracies are multiples of 1/64 (the whole split was scored)
+            assert 0 <= r["aae"] <= 1 and (r["aae"] * 64) == pytest.approx(round(r["aae"] * 64))
+            assert 0 <= r["classifier"] <= 1
+    table = semi_markdown(report).splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| 8", "| 40"]
