@@ -67,7 +67,7 @@ def evaluate(variant: Variant, ds: ImageDataset, *, nll_samples: int = 0, nll_ex
     latent = (len(packed) - len(names) - 1) // 2
     out["active_units"] = active_units(total, packed[len(names) + 1: len(names) + 1 + latent],
                                        packed[len(names) + 1 + latent:])
-    if nll_samples > 0:
+    if nll_samples > 0 and variant.has_likelihood:  # a deterministic AAE has no p(x)
         out["nll"] = negative_log_likelihood(variant, ds, nll_samples, nll_examples, batch_size=min(batch_size, 100),
                                              rows_per_chunk=nll_rows, device=device, progress=progress)
     if ds.factors is not None:
