@@ -185,9 +185,9 @@ class MlflowTrials(Callback):
             return
         run_id = self._run_id(trial)
         if trial.trial_id not in self._logged:  # a restarted sweep: the epochs MLflow already has
-            from pipelines.tracking.settings import client
+            from pipelines.tracking.runs import logged_epochs
 
-            self._logged[trial.trial_id] = {m.step for m in client(self.uri).get_metric_history(run_id, "train/elbo")}
+            self._logged[trial.trial_id] = logged_epochs(self.uri, run_id)
         if int(result["epoch"]) not in self._logged[trial.trial_id]:
             EpochLogger(self.uri, run_id)(_epoch_metrics(result))
             self._logged[trial.trial_id].add(int(result["epoch"]))

@@ -102,12 +102,20 @@ def log_final(uri: str, run_id: str, results: dict[str, Any], history: list[dict
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in final.items()])
 
 
+# A metric the trainer logs every epoch for every variant (train/elbo is not one: an aae has none).
+EPOCH_MARKER = "train/epoch_seconds"
+
+
+def logged_epochs(uri: str, run_id: str) -> set[int]:
+    """The epochs a run already has in MLflow."""
+    return {m.step for m in _client(uri).get_metric_history(run_id, EPOCH_MARKER)}
+
+
 def backfill_epochs(uri: str, run_id: str, history: list[dict[str, Any]]) -> None:
     """Log the epochs of the run folder's history that MLflow lacks. A kill can land after an
     epoch's checkpoint is written but before its metrics reach MLflow; the resumed run starts
     after that epoch, so without this its step would be missing."""
-    client = _client(uri)
-    logged = {m.step for m in client.get_metric_history(run_id, "train/elbo")}
+    logged = logged_epochs(uri, run_id)
     logger = EpochLogger(uri, run_id)
     for metrics in history:
         if int(metrics["epoch"]) not in logged:
