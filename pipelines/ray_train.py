@@ -100,6 +100,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     identity = {"worker/rank": rank, "worker/node_id": ray.get_runtime_context().get_node_id(),
                 "worker/pid": os.getpid()}
     hold = loop_config.get("_test_hold_after_report")
+    fault = loop_config.get("_test_fault")
+    if fault and rank == fault["rank"]:
+        _inject_fault(fault)
 
     def report(metrics: dict[str, Any], checkpoint_dict: dict[str, Any]) -> None:
         history.append(metrics)
@@ -117,6 +120,28 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
             _hold_until_killed(Path(hold["pid_file"]))
 
     train(config, report=report, resume=state, device=ray.train.torch.get_device())
+
+
+def _inject_fault(fault: dict[str, Any]) -> None:
+    """TEST ONLY (run_ray's `_test_fault`): in this worker process only, make the `fault["call"]`-th
+    call of the variant's losses either raise (kind "error") or return a NaN loss (kind "nan")."""
+    import dataclasses
+    import itertools
+
+    from core.variant import Variant
+
+    calls, original = itertools.count(1), Variant.losses
+
+    def losses(self, batch, groups):
+        outputs = original(self, batch, groups)
+        if next(calls) == fault["call"]:
+            if fault["kind"] == "error":
+                raise ValueError("injected fault")
+            name = next(iter(outputs))
+            outputs[name] = dataclasses.replace(outputs[name], loss=outputs[name].loss * float("nan"))
+        return outputs
+
+    Variant.losses = losses
 
 
 def _hold_until_killed(pid_file: Path, timeout_s: float = 120.0) -> None:
@@ -260,7 +285,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
             num_workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0, address: str | None = None,
             storage_path: str | None = None, max_failures: int = 0, ray_logs: bool = False,
             epoch_hook: Callable[[dict[str, Any]], None] | None = None,
-            _test_hold_after_report: dict[str, Any] | None = None) -> dict[str, Any]:
+            _test_hold_after_report: dict[str, Any] | None = None,
+            _test_fault: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `config` on `num_workers` Ray Train workers; writes the run folder and returns the
     final test metrics (the same dict as run_local). The console shows one line per epoch;
     `ray_logs` also forwards the logs of Ray's workers and controller (when this call connects).
@@ -269,6 +295,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
 
     `_test_hold_after_report` is for tests only: {"epoch": E, "rank": R, "pid_file": PATH} makes
     rank R, on its first attempt, write its pid to PATH after reporting epoch E and wait to be killed.
+    `_test_fault` is for tests only: {"rank": R, "call": N, "kind": "nan" or "error"} makes rank R's
+    N-th loss computation NaN or raise.
     """
     import ray
     import ray.train
@@ -333,6 +361,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
             loop_config["initial_history"] = _read_jsonl(metrics_file)
         if _test_hold_after_report:
             loop_config["_test_hold_after_report"] = dict(_test_hold_after_report)
+        if _test_fault:
+            loop_config["_test_fault"] = dict(_test_fault)
         resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
         # NCCL carries the gradients on GPUs; the loop's metric and evaluation sums are small CPU
         # tensors, which a pure NCCL group cannot reduce: give CPU tensors gloo.
