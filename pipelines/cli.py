@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.errors import run_command
+from pipelines.errors import Preempted, run_command
 
 
 def _train_parser(sub) -> None:
@@ -192,17 +192,36 @@ def cmd_train(args) -> int:
                               address=args.address, storage_path=args.storage_path, max_failures=args.max_failures,
                               ray_logs=args.ray_logs, epoch_hook=log_epoch)
     except BaseException as err:
-        tracking.end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        stopped = isinstance(err, (KeyboardInterrupt, Preempted))
+        tracking.end_run(uri, run_id, "KILLED" if stopped else "FAILED")
         if not args.resume:
             from pipelines.local import discard_unstarted_run
 
             discard_unstarted_run(output)  # no checkpoint yet: leave no half-made run folder behind
+        if stopped:
+            print(_stopped_line(err, output), file=sys.stderr)
         raise
     trained_config = build_config_from_run(output)
     name = None if args.no_register else (args.register or tracking.default_model_name(trained_config))
     info = tracking.finish_run(uri, run_id, output, name)
     print(json.dumps({"output": str(output), "test": results, "mlflow": info}, indent=2, sort_keys=True))
     return 0
+
+
+def _stopped_line(err: BaseException, output: Path) -> str:
+    """What a preempted or interrupted training kept: the step in progress is abandoned, the
+    checkpoint is the last complete epoch's (written atomically at the end of each epoch)."""
+    from pipelines.local import CHECKPOINT
+
+    signal_name = "SIGTERM" if isinstance(err, Preempted) else "SIGINT"
+    checkpoint = output / CHECKPOINT
+    if not checkpoint.is_file():
+        return f"vaezoo train: stopped by {signal_name} before the first epoch ended: nothing to resume"
+    from core.serialization import read_checkpoint
+
+    epoch = read_checkpoint(checkpoint)["epoch"]
+    return (f"vaezoo train: stopped by {signal_name}; the MLflow run is KILLED; {checkpoint} holds epoch {epoch}, "
+            f"the last complete one: continue with `vaezoo train --output {output} --resume`")
 
 
 def build_config_from_run(output: Path):
