@@ -170,6 +170,9 @@ def cmd_train(args) -> int:
                                          ("--storage-path", args.storage_path), ("--ray-logs", args.ray_logs)) if given]
     if args.num_workers == 0 and ray_only:
         raise ValueError(f"{', '.join(ray_only)}: only for training on Ray, not with --num-workers 0")
+    from pipelines.ray_job import refuse_temporary_paths
+
+    refuse_temporary_paths(output, tracking.tracking_uri(), output_given=bool(args.output))
     if not args.resume:
         prepare_output(output, resume=False)  # refuse a used folder before an MLflow run is opened
     elif not ((output / "checkpoints" / "last.pt").is_file() or (output / "ray_run.json").is_file()):
