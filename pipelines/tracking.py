@@ -39,9 +39,9 @@ def default_artifact_location(uri: str) -> str | None:
 
 
 def _client(uri: str):
-    from mlflow.tracking import MlflowClient
+    from pipelines.tracking_store import open_client  # retries write collisions (many trainings, one store)
 
-    return MlflowClient(tracking_uri=uri)
+    return open_client(uri)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
