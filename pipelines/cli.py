@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.errors import Preempted, run_command
+from pipelines.errors import Preempted, run_command, stop_request
 
 
 def _train_parser(sub) -> None:
@@ -195,14 +195,15 @@ def cmd_train(args) -> int:
                               address=args.address, storage_path=args.storage_path, max_failures=args.max_failures,
                               ray_logs=args.ray_logs, epoch_hook=log_epoch)
     except BaseException as err:
-        stopped = isinstance(err, (KeyboardInterrupt, Preempted))
+        stopped = stop_request(err)
         tracking.end_run(uri, run_id, "KILLED" if stopped else "FAILED")
         if not args.resume:
             from pipelines.local import discard_unstarted_run
 
             discard_unstarted_run(output)  # no checkpoint yet: leave no half-made run folder behind
-        if stopped:
-            print(_stopped_line(err, output), file=sys.stderr)
+        if stopped is not None:
+            print(_stopped_line(stopped, output), file=sys.stderr)
+            raise stopped from None
         raise
     trained_config = build_config_from_run(output)
     name = None if args.no_register else (args.register or tracking.default_model_name(trained_config))

@@ -40,6 +40,19 @@ def sigterm_raises_preempted():
         signal.signal(signal.SIGTERM, previous)
 
 
+def stop_request(err: BaseException) -> BaseException | None:
+    """The Preempted or KeyboardInterrupt behind `err`, if a signal caused it. A signal handler
+    that raises while C code (Ray's object fetch) runs a Python callback comes out as a
+    SystemError whose cause is the handler's exception, so the chain is searched."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (Preempted, KeyboardInterrupt)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def is_expected(err: BaseException) -> bool:
     """Bad input or an unusable environment, told in one line: EXPECTED_ERRORS, and MLflow's own
     errors (a tracking URI it cannot use, a registry it cannot reach)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -349,7 +350,12 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     # default) and a worker's report queue holds one entry: short epochs would wait on the poll.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     working_directory = os.getcwd()
+    caller_sigterm = signal.getsignal(signal.SIGTERM)
     connected = _connect(address, num_workers * cpus_per_worker, ray_logs)
+    if callable(caller_sigterm) and threading.current_thread() is threading.main_thread():
+        # ray.init replaces the SIGTERM handler with sys.exit(15): keep the caller's (the CLI's
+        # turns SIGTERM into a clean preemption stop that ends the MLflow run KILLED).
+        signal.signal(signal.SIGTERM, caller_sigterm)
     try:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         if nodes > 1 and not _is_uri(info["storage_path"]):

@@ -96,3 +96,4 @@ def test_signal_ends_the_run_killed_and_resume_finishes_it_like_an_uninterrupted
 
     a = read_checkpoint(out / "checkpoints" / "last.pt")["model"]
     assert a.keys() == uninterrupted.keys() and all(torch.equal(a[k], uninterrupted[k]) for k in a)
+
