@@ -84,7 +84,7 @@ def run_at_once(work: Path, runs: int, epochs: int, dataset: str, tracking_uri: 
             last = err.strip().splitlines()[-1] if err.strip() else ""
             failures.append(f"run{i}: exit {p.returncode}: {last}")
     if not failures:  # read the store only once every writer is done and all succeeded
-        from pipelines.tracking_store import open_client
+        from pipelines.tracking.store import open_client
 
         client = open_client(tracking_uri or f"sqlite:///{work / 'mlflow.db'}")
         for i in range(runs):

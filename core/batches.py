@@ -16,6 +16,9 @@ class Batch:
     y: torch.Tensor | None = None         # (B,) int64 labels where the dataset has them
     x_labelled: torch.Tensor | None = None  # semi-supervised: a labelled batch drawn beside x
     y_labelled: torch.Tensor | None = None
+    # DC-IGN: the generative factor that varies across this batch's rows (the others are held);
+    # a variant's draw_batch fills it from the data's factor table, None elsewhere.
+    varying_factor: str | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]

@@ -201,8 +201,19 @@ class RunConfig(_Section):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         return cls.from_dict(raw)
 
+    def with_variant(self, name: str) -> "RunConfig":
+        """The same run with another variant, which starts from its own options and objective
+        defaults (the iwae preset's objective is the IWAE bound, not the vae's ELBO)."""
+        if name == self.variant_name:
+            return self
+        return RunConfig.from_dict(self.to_dict() | {"variant_name": name, "variant": {}, "objective": None})
+
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
-        """Apply dotted-key overrides such as {"train.epochs": 3, "variant.k": 5}."""
+        """Apply dotted-key overrides such as {"train.epochs": 3, "variant.k": 5}; a new
+        `variant_name` first (with_variant), then the rest on top of its defaults."""
+        overrides = dict(overrides)
+        if "variant_name" in overrides:
+            return self.with_variant(overrides.pop("variant_name")).with_overrides(overrides)
         raw = self.to_dict()
         # A new objective name first: the old objective's fields do not carry over to it.
         for key, value in sorted(overrides.items(), key=lambda kv: kv[0] != "objective.name"):

@@ -10,13 +10,15 @@ what its paper changes by overriding hooks:
 | `condition`         | every forward pass: c given to encoder, prior and  | cvae, m2              |
 |                     | decoder, and which pixels are scored               |                       |
 | `encoder_input`     | training forward passes: what the encoder sees     | dvae                  |
-| `transform_latents` | training forward passes: sampled z before decoding | (DC-IGN)              |
-| `prepare_training`  | once before the first epoch                        | m2                    |
-| `epoch_batches`     | each epoch: the global batches' indices            | (DC-IGN)              |
-| `draw_batch`        | each step: indices to a Batch                      | m2                    |
+| `transform_latents` | training forward passes: sampled z before decoding | dcign                 |
+| `prepare_training`  | once before the first epoch                        | m2, dcign             |
+| `epoch_batches`     | each epoch: the global batches' indices            | dcign                 |
+| `draw_batch`        | each step: indices to a Batch                      | m2, dcign             |
 | `configure_optimizers`, `phases` | optimiser groups and the order they step | (AAE)             |
 | `losses`            | each phase: one StepOutput per group of the phase  | m2                    |
 |                     | from one shared forward pass                       |                       |
+| `latent_groups`     | evaluation on data with factors: each factor's     | dcign                 |
+|                     | assigned latents (None: best single latent)        |                       |
 
 Capability flags say what a variant can do (`uses_labels`, `has_likelihood`), so no caller guesses.
 """
@@ -129,6 +131,11 @@ class Variant(nn.Module):
         terms = self.terms(batch, self.objective.samples, training=True)
         bound = self.objective.train_bound(terms)
         return {"model": StepOutput(-bound.mean(), self.objective.metrics(terms, bound))}
+
+    def latent_groups(self) -> dict[str, list[int]] | None:
+        """Factor name -> the latent dimensions assigned to it (DC-IGN); None where the model
+        assigns none, so disentanglement is read from the best single latent of each factor."""
+        return None
 
     def label_condition(self, y: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """The condition that generation decodes with for labels y; None for a model without labels."""

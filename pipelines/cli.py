@@ -33,7 +33,9 @@ def _train_parser(sub) -> None:
     r.add_argument("--num-workers", type=int, default=1,
                    help="Ray Train workers; each global batch is split across them (default 1; 0 trains in-process without Ray)")
     r.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend (default CPU workers, gloo)")
-    r.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default 1)")
+    r.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved per worker, each a torch thread (default: on a local cluster the machine's "
+                        "CPUs split over the workers; on a cluster joined with --address, 1)")
     r.add_argument("--address", help="Ray cluster to join (host:port, auto); default $RAY_ADDRESS, else a local "
                                      "cluster started for this run")
     r.add_argument("--storage-path", help="where Ray keeps checkpoints (the last 3), a folder or URI; shared storage "
@@ -50,7 +52,8 @@ def _quality_parser(sub) -> None:
                                    "baseline on the same budget, test NLL/ELBO/KL/active units, the papers' claims "
                                    "checked. Results per model in --out; a rerun continues.")
     p.add_argument("--out", default="quality", help="results folder (default ./quality); reruns continue it")
-    p.add_argument("--suites", default="burda,dvae,m2,cvae,zoo", help="comma-separated, from burda, dvae, m2, cvae, zoo (default all)")
+    p.add_argument("--suites", default="burda,dvae,m2,cvae,zoo", help="comma-separated, from burda, dvae, m2, cvae, zoo, dcign (default all but dcign, "
+                   "which needs --dataset dsprites)")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (Debian package), mnist, or an IDX folder")
     p.add_argument("--data-dir", help="folder of MNIST-layout IDX files for --dataset (e.g. MNIST's)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs of every model (default 5)")
@@ -58,6 +61,7 @@ def _quality_parser(sub) -> None:
     p.add_argument("--nll-examples", type=int, default=1000, help="test images the NLL averages over (default 1000)")
     p.add_argument("--iwae-k", default="1,5,50", help="k values of the burda suite (default 1,5,50)")
     p.add_argument("--m2-labels", default="100,600,1000,3000", help="label counts of the m2 suite")
+    p.add_argument("--dcign-seeds", type=int, default=3, help="seeds of each model of the dcign suite (default 3)")
     p.add_argument("--train-limit", type=int, help="use only the first N training images (quick runs)")
     p.add_argument("--test-limit", type=int, help="use only the first N test images (quick runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -85,10 +89,8 @@ def build_config(args):
     flags = _given_flags(args)
     if args.no_progress:
         flags["train.progress"] = False
-    if "variant_name" in flags and flags["variant_name"] != config.variant_name:
-        # A different variant starts from its own option defaults, not the file's.
-        raw = config.to_dict() | {"variant_name": flags.pop("variant_name"), "variant": {}}
-        config = RunConfig.from_dict(raw)
+    if "variant_name" in flags:  # a different variant starts from its own defaults, not the file's
+        config = config.with_variant(flags.pop("variant_name"))
     return config.with_overrides(flags | overrides)
 
 
@@ -228,6 +230,25 @@ def _stopped_line(err: BaseException, output: Path) -> str:
             f"the last complete one: continue with `vaezoo train --output {output} --resume`")
 
 
+def cmd_sweep(args) -> int:
+    from pipelines.sweep import SWEEP_FILE, load_sweep, run_sweep
+
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ValueError("--max-concurrent must be 1 or more")
+    if not args.config and not (args.resume and args.output):
+        raise ValueError("give --config SWEEP.yaml (or --resume --output SWEEP_DIR)")
+    output = Path(args.output or Path("sweeps") / Path(args.config).stem)
+    if args.resume:  # a resumed sweep keeps the file it started with (saved in the sweep folder)
+        if not (output / SWEEP_FILE).is_file():
+            raise FileNotFoundError(f"--resume: {output} holds no sweep to continue")
+        sweep = None
+    else:
+        sweep = load_sweep(args.config)
+    info = run_sweep(sweep, output, resume=args.resume, address=args.address, max_concurrent=args.max_concurrent)
+    print(json.dumps(info, indent=2, sort_keys=True, default=str))
+    return 0
+
+
 def build_config_from_run(output: Path):
     from core.config import RunConfig
 
@@ -312,6 +333,14 @@ def make_parser() -> argparse.ArgumentParser:
     from pipelines.encode import add_encode_parser
 
     add_encode_parser(sub)
+    w = sub.add_parser("sweep", help="a sweep of trainings on Ray Tune (ASHA, grid/random/optuna)",
+                       description="Train every configuration of SWEEP.yaml's space on Ray Tune; one MLflow parent "
+                                   "run, a child run per trial, the best trial registered (see pipelines/sweep.py).")
+    w.add_argument("--config", help="SWEEP.yaml: base config, space, search, asha, resources (not needed with --resume)")
+    w.add_argument("--output", help="sweep folder (default sweeps/<sweep file name>)")
+    w.add_argument("--max-concurrent", type=int, help="trials at once (default: the file's max_concurrent, else 1)")
+    w.add_argument("--resume", action="store_true", help="continue the sweep in --output; finished trials are kept")
+    w.add_argument("--address", help="Ray cluster to join; default $RAY_ADDRESS, else a local cluster")
     c = sub.add_parser("compare", help="the latest run of each variant on the shared test metrics")
     c.add_argument("--experiment", default="vae-zoo", help="MLflow experiment (default vae-zoo)")
     c.add_argument("--format", default="text", choices=["text", "csv", "markdown"])
@@ -319,7 +348,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample,
-            "compare": cmd_compare, "encode": cmd_encode, "quality": cmd_quality}
+            "compare": cmd_compare, "sweep": cmd_sweep, "encode": cmd_encode, "quality": cmd_quality}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ import csv
 import io
 from typing import Any
 
-from pipelines.tracking import DEFAULT_EXPERIMENT, SHARED_METRICS, tracking_uri
+from pipelines.tracking.settings import DEFAULT_EXPERIMENT, SHARED_METRICS, tracking_uri
 
 COLUMNS = ["variant", "dataset", "run_id", "status", "epochs", *SHARED_METRICS]
 

@@ -54,7 +54,7 @@ RAY_RUN = "ray_run.json"
 DEFAULT_STORAGE = "ray_results"
 STATE_FILE = "state.pt"          # the core loop's checkpoint dict, inside each Ray checkpoint
 HISTORY_FILE = "metrics.jsonl"   # the metric lines of every epoch up to that checkpoint
-WORKER_KEYS = ("worker/rank", "worker/node_id", "worker/pid")  # reported to Ray, kept out of metrics.jsonl
+WORKER_KEYS = ("worker/rank", "worker/node_id", "worker/pid", "worker/torch_threads")  # reported to Ray, kept out of metrics.jsonl
 
 
 def _is_uri(path: str) -> bool:
@@ -87,6 +87,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    # Ray starts a worker with one torch thread (OMP_NUM_THREADS=1) whatever it reserved: use
+    # every CPU reserved, or a 2-CPU worker trains at one CPU's speed.
+    torch.set_num_threads(loop_config["torch_threads"])
     # Progress bars from a worker arrive in the driver's log as one line per refresh.
     config = RunConfig.from_dict(loop_config["config"]).with_overrides({"train.progress": False})
     rank = ray.train.get_context().get_world_rank()
@@ -99,7 +102,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         state = ray.get(loop_config["initial_state"])
         history = list(loop_config.get("initial_history") or [])
     identity = {"worker/rank": rank, "worker/node_id": ray.get_runtime_context().get_node_id(),
-                "worker/pid": os.getpid()}
+                "worker/pid": os.getpid(), "worker/torch_threads": torch.get_num_threads()}
     hold = loop_config.get("_test_hold_after_report")
     fault = loop_config.get("_test_fault")
     if fault and rank == fault["rank"]:
@@ -283,7 +286,7 @@ def _load_ray_checkpoint(checkpoint) -> dict[str, Any]:
 
 
 def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_samples: int = 1000,
-            num_workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1.0, address: str | None = None,
+            num_workers: int = 1, use_gpu: bool = False, cpus_per_worker: float | None = None, address: str | None = None,
             storage_path: str | None = None, max_failures: int = 0, ray_logs: bool = False,
             epoch_hook: Callable[[dict[str, Any]], None] | None = None,
             _test_hold_after_report: dict[str, Any] | None = None,
@@ -293,6 +296,9 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     `ray_logs` also forwards the logs of Ray's workers and controller (when this call connects).
     `epoch_hook(metrics)` runs in the driver (a background thread) for each epoch as Ray registers
     it, like run_local's (a restarted worker group resumes after the last registered epoch).
+
+    `cpus_per_worker` None reserves, on a local cluster this call starts, the machine's CPUs split
+    evenly over the workers (all of them for one worker), and 1 CPU per worker on a cluster it joins.
 
     `_test_hold_after_report` is for tests only: {"epoch": E, "rank": R, "pid_file": PATH} makes
     rank R, on its first attempt, write its pid to PATH after reporting epoch E and wait to be killed.
@@ -306,6 +312,9 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
 
     if num_workers < 1:
         raise ValueError("--num-workers must be at least 1 for Ray (0 trains in-process)")
+    if cpus_per_worker is None:
+        local = address is None and not os.environ.get("RAY_ADDRESS")
+        cpus_per_worker = float(max(1, (os.cpu_count() or 1) // num_workers)) if local else 1.0
     if cpus_per_worker <= 0:
         raise ValueError("--cpus-per-worker must be positive")
     if max_failures < -1:
@@ -361,7 +370,7 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
         if nodes > 1 and not _is_uri(info["storage_path"]):
             print(f"vaezoo: the cluster has {nodes} nodes: {info['storage_path']} must be storage they all share "
                   f"(NFS), or pass --storage-path s3://... (or another URI)", file=sys.stderr)
-        loop_config: dict[str, Any] = {"config": config.to_dict()}
+        loop_config: dict[str, Any] = {"config": config.to_dict(), "torch_threads": max(1, int(cpus_per_worker))}
         if state is not None:  # used only when Ray has no checkpoint of its own for this run
             loop_config["initial_state"] = ray.put(state)
             loop_config["initial_history"] = _read_jsonl(metrics_file)

@@ -1,6 +1,6 @@
 """The import graph of core/, variants/ and pipelines/, from the source (ast), without importing it.
 
-    python scripts/import_graph.py [--ignore-edge A,B ...]
+    python scripts/import_graph.py
 
 Prints one `a -> b` line per edge between the project's modules (imports inside functions count:
 they are dependencies too), then every layer violation and import cycle on stderr, and exits 1 if
@@ -129,10 +129,6 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-def without_edges(edges: dict[str, set[str]], dropped: set[tuple[str, str]]) -> dict[str, set[str]]:
-    return {a: {b for b in targets if (a, b) not in dropped} for a, targets in edges.items()}
-
-
 def layer_violations(edges: dict[str, set[str]], external: dict[str, set[str]]) -> list[str]:
     """`a -> b` for every import a module's layer may not make."""
     bad = []
@@ -145,20 +141,16 @@ def layer_violations(edges: dict[str, set[str]], external: dict[str, set[str]]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ignore-edge", action="append", default=[], metavar="A,B",
-                        help="leave the edge A -> B out of the cycle check (a known cycle being fixed)")
-    args = parser.parse_args(argv)
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     edges, external = import_graph()
     for module in sorted(edges):
         for target in sorted(edges[module]):
             print(f"{module} -> {target}")
-    ignored = {tuple(pair.split(",", 1)) for pair in args.ignore_edge}
     failures = 0
     for violation in layer_violations(edges, external):
         print(f"layer violation: {violation}", file=sys.stderr)
         failures += 1
-    for component in cycles(without_edges(edges, ignored)):
+    for component in cycles(edges):
         print(f"import cycle: {' <-> '.join(component)}", file=sys.stderr)
         failures += 1
     return 1 if failures else 0

@@ -17,7 +17,7 @@ from conftest import N_TEST, N_TRAIN, make_images, write_idx_folder
 from core.serialization import read_checkpoint as load_checkpoint
 from pipelines.cli import main
 
-ALL_VARIANTS = ["vae", "iwae", "cvae", "dvae", "m2"]
+ALL_VARIANTS = ["vae", "iwae", "cvae", "dvae", "m2", "dcign", "aae"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -95,12 +95,13 @@ class _Capture:
 
 # -- variants -----------------------------------------------------------------------------------
 
-def test_variants_lists_all_five(capsys):
+def test_variants_lists_every_builtin(capsys):
     assert main(["variants"]) == 0
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")]
     assert sorted(listed) == sorted(ALL_VARIANTS)
-    assert "Burda" in out and "Kingma" in out and "Sohn" in out and "Im, Ahn" in out
+    assert "Burda" in out and "Kingma" in out and "Sohn" in out and "Im, Ahn" in out and "Kulkarni" in out
+    assert "Makhzani" in out
 
 
 # -- train ----------------------------------------------------------------------------------------
@@ -328,3 +329,31 @@ def test_console_script_runs_and_exits_with_the_right_codes(dataset, tmp_path):
     assert bad.returncode == 1
     assert "model.latent_dim" in _one_error_line(bad.stderr, "train")
     assert bad.stdout == ""
+
+
+def test_train_variant_flag_takes_the_variants_own_objective(tmp_path):
+    """`vaezoo train --variant iwae` trains the IWAE bound, also over a config file written for
+    the vae; `--set objective.*` still applies on top."""
+    from pipelines.cli import build_config, make_parser
+
+    vae_file = tmp_path / "vae.yaml"
+    vae_file.write_text("variant_name: vae\nobjective: {name: elbo, samples: 3}\n")
+    for argv in (["train", "--variant", "iwae", "--dataset", "x"],
+                 ["train", "--config", str(vae_file), "--variant", "iwae", "--dataset", "x"]):
+        config = build_config(make_parser().parse_args(argv))
+        assert (config.variant_name, config.objective.name, config.objective.k) == ("iwae", "iwae", 5)
+    config = build_config(make_parser().parse_args(["train", "--variant", "dvae", "--dataset", "x",
+                                                    "--set", "objective.name=iwae", "--set", "objective.k=7"]))
+    assert (config.variant_name, config.objective.name, config.objective.k) == ("dvae", "iwae", 7)
+
+
+def test_a_different_variant_starts_from_its_own_default_objective():
+    from pipelines.cli import build_config, make_parser
+
+    def objective(*argv):
+        return build_config(make_parser().parse_args(["train", *argv])).objective
+
+    assert objective("--variant", "iwae").name == "iwae" and objective("--variant", "iwae").k == 5  # the preset
+    assert objective("--variant", "aae") is None  # losses of its own
+    assert objective("--variant", "iwae", "--set", "objective.k=7").k == 7
+    assert objective().name == "elbo"

@@ -169,3 +169,15 @@ def test_command_line_overrides_reach_typed_fields():
 def test_parse_override_needs_an_equals_sign():
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("train.epochs")
+
+
+def test_another_variant_starts_from_its_own_objective_and_options():
+    """`--variant iwae` on a vae config trains the IWAE bound (the preset's objective), not the
+    vae's ELBO that the config carried; an objective given with it still applies on top."""
+    vae = RunConfig.from_dict({"variant_name": "vae", "variant": {"samples": 3}})
+    iwae = vae.with_variant("iwae")
+    assert (iwae.objective.name, iwae.objective.k) == ("iwae", 5) and iwae.variant == {}
+    assert vae.with_overrides({"variant_name": "iwae"}) == iwae
+    assert vae.with_overrides({"objective.k": 9, "variant_name": "iwae"}).objective.k == 9
+    dvae = RunConfig.from_dict({"variant_name": "iwae"}).with_variant("dvae")
+    assert dvae.objective.name == "elbo" and dvae.variant_options().corruption == "gaussian"

@@ -5,6 +5,7 @@ a killed run); one-line errors for bad input.
 One Ray session serves the whole file (Ray's start-up is most of the cost); the kill test runs
 the command in its own process with its own local cluster.
 """
+# test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
 
 import argparse

@@ -2,6 +2,7 @@
 fixture and stopped by its pid: one run per training, per-epoch metrics, valid artifacts, the
 registry and the champion alias, pyfunc == native encode, and a killed-then-resumed run that
 stays one run."""
+# test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
 
 import json
@@ -267,3 +268,166 @@ def test_ray_training_is_one_run_with_every_epoch(mlflow_server, data_folder, tm
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/elbo")) == [1, 2, 3]
     assert client.search_model_versions("name='tiny-ray'") == []
+
+
+# -- the experiment as the UI opens it, the data as run inputs, a quiet log_model ------------------
+def test_experiment_opens_in_training_mode_and_a_user_kind_is_kept(mlflow_server, tracked):
+    from pipelines.tracking.settings import EXPERIMENT_KIND_TAG, TRAINING_KIND, experiment_id
+
+    client = _client(mlflow_server)
+    assert client.get_experiment_by_name("zoo-test").tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    # an experiment made elsewhere without a kind gets one when vae-zoo first uses it
+    bare = client.create_experiment("made-by-hand")
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(bare).tags
+    assert experiment_id(mlflow_server, "made-by-hand") == bare
+    assert client.get_experiment(bare).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    # a kind the user chose stays, through vae-zoo's use of the experiment
+    chosen = client.create_experiment("genai-by-choice", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert experiment_id(mlflow_server, "genai-by-choice") == chosen
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_training_and_test_data_are_run_inputs_with_digest_and_rows(mlflow_server, tracked, data_folder):
+    import hashlib
+
+    from core.data import read_idx
+
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name("zoo-test")
+    expected = {}
+    for split, stem in (("train", "train-images-idx3-ubyte.gz"), ("test", "t10k-images-idx3-ubyte.gz")):
+        images = read_idx(data_folder / stem)
+        expected[split] = (hashlib.sha256(images.astype(np.uint8).tobytes()).hexdigest()[:32], str(len(images)))
+    for run in client.search_runs([exp.experiment_id]):
+        inputs = run.inputs.dataset_inputs
+        found = {}
+        for item in inputs:
+            tags = {t.key: t.value for t in item.tags}
+            found[tags["split"]] = (item.dataset.digest, tags["rows"])
+            assert item.dataset.name == f"tiny-{tags['split']}"
+            assert json.loads(item.dataset.source)["uri"] == str(data_folder)
+            assert tags["binarize"] == "dynamic"
+            assert tags["mlflow.data.context"] == {"train": "training", "test": "testing"}[tags["split"]]
+        assert found == expected, run.data.tags["variant"]
+
+
+def test_log_model_prints_no_warning(mlflow_server, tracked, tmp_path):
+    import logging
+    import shutil
+    import warnings
+
+    from pipelines.tracking.pyfunc import log_model
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    model_dir = tmp_path / "vaezoo_model"
+    model_dir.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(tracked["vae"] / name, model_dir / name)
+    run = _client(mlflow_server).create_run(_client(mlflow_server).get_experiment_by_name("zoo-test").experiment_id)
+    handler = Keep(level=logging.WARNING)
+    logger = logging.getLogger("mlflow")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            uri = log_model(run.info.run_id, mlflow_server, model_dir, np.zeros((2, 1, 8, 8), np.float32), (1, 8, 8), 2)
+    finally:
+        logger.removeHandler(handler)
+    assert uri.startswith("models:/")
+    said = [r.getMessage() for r in records] + [str(w.message) for w in caught]
+    assert not [m for m in said if "type hint" in m.lower()], said
+    assert said == [], said
+
+
+# -- the MLflow UI as a user meets it, in a real headless browser ---------------------------------
+def _chromium() -> str:
+    import shutil
+
+    found = shutil.which("chromium")
+    if found is None:  # scripts/setup.sh installs it: a missing browser is a broken setup, not a skip
+        pytest.fail("chromium is not installed (scripts/setup.sh installs Debian's chromium)")
+    return found
+
+
+def _browse(url: str, screenshot: Path | None = None, height: int = 1000) -> str:
+    """The page's DOM after its scripts ran (virtual time, not a wall-clock wait); a screenshot too."""
+    common = [_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--virtual-time-budget=20000"]
+    if screenshot is not None:
+        subprocess.run([*common, f"--window-size=1600,{height}", f"--screenshot={screenshot}", url],
+                       capture_output=True, timeout=120, check=True)
+        assert screenshot.read_bytes()[:8] == PNG_SIGNATURE
+    return subprocess.run([*common, "--window-size=1600,1000", "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def _text(dom: str) -> str:
+    import html
+    import re
+
+    dom = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    """Test artifacts: $VAEZOO_UI_SCREENSHOTS if set (docs/figures is made that way), else a temp folder."""
+    folder = Path(os.environ.get("VAEZOO_UI_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_ui_experiment_page_is_in_training_mode_and_lists_both_runs(mlflow_server, tracked, screenshots):
+    client = _client(mlflow_server)
+    exp_id = client.get_experiment_by_name("zoo-test").experiment_id
+    plain = client.create_experiment("no-kind-ui")  # made without vae-zoo: no kind, MLflow's GenAI default
+    ours = _browse(f"{mlflow_server}/#/experiments/{exp_id}/runs", screenshots / "mlflow-ui-runs.png")
+    # The "Training runs" entry of the experiment's navigation is there only for a training experiment.
+    assert f'href="#/experiments/{exp_id}/runs?' in ours
+    assert f'href="#/experiments/{plain}/runs?' not in _browse(f"{mlflow_server}/#/experiments/{plain}")
+    text = _text(ours)
+    assert "Training runs" in text
+    assert "vae-tiny" in text and "iwae-tiny" in text
+
+
+def test_ui_compare_view_shows_shared_metrics_of_both_runs(mlflow_server, tracked, screenshots):
+    import html
+    import re
+
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name("zoo-test")
+    runs = sorted((r for r in client.search_runs([exp.experiment_id]) if "final/nll" in r.data.metrics),
+                  key=lambda r: r.data.tags["variant"])
+    ids = [json.loads((tracked[v] / "mlflow_run.json").read_text())["run_id"] for v in ("iwae", "vae")]
+    assert [r.info.run_id for r in runs] == ids
+    url = f'{mlflow_server}/#/compare-runs?runs={json.dumps(ids).replace(" ", "")}&experiments=["{exp.experiment_id}"]'
+    dom = _browse(url, screenshots / "mlflow-ui-compare.png", height=2400)
+    # The metrics grid: a label column (links titled "Plot chart") and a value column per run, rows by offset.
+    cell = r'<div class="[^"]*" style="height: 45px; left: (\d+)px; position: absolute; top: (\d+)px; width: \d+px;">(.*?)</div>'
+    labels, values = {}, {}
+    for left, top, inner in re.findall(cell, dom, flags=re.S):
+        text = html.unescape(re.sub(r"<[^>]+>", "", inner)).strip()
+        if 'title="Plot chart"' in inner:
+            labels[int(top)] = text
+        else:
+            values.setdefault(int(top), {})[int(left)] = text
+    shown = {labels[top]: [row[left] for left in sorted(row)] for top, row in values.items() if top in labels}
+    for metric in ("final/nll", "final/elbo"):
+        assert metric in shown, sorted(shown)
+        expected = [run.data.metrics[metric] for run in runs]  # one column per run, in the URL's order
+        assert len(shown[metric]) == 2
+        for cell_text, value in zip(shown[metric], expected):
+            assert abs(float(cell_text.replace("\u2212", "-")) - value) <= 0.0051, (metric, cell_text, value)
+
+
+def test_ui_model_version_page_shows_the_champion_alias(mlflow_server, tracked, screenshots):
+    client = _client(mlflow_server)
+    champion = client.get_model_version_by_alias("tiny-vae", "champion")
+    text = _text(_browse(f"{mlflow_server}/#/models/tiny-vae/versions/{champion.version}",
+                         screenshots / "mlflow-ui-model-version.png"))
+    assert f"tiny-vae v{champion.version}" in text
+    assert "Aliases : @ champion" in text.replace("\xa0", " ")

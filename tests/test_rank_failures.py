@@ -8,6 +8,7 @@
   gradient divided by the world size on every rank, which is the gradient one process computes
   on the whole global batch.
 """
+# test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ The cluster runs under a temporary HOME (Ray's default token auth keeps its toke
 neither joins nor disturbs any other Ray cluster on the host. It is stopped by killing the
 `ray start --block` process groups this module started, never with `ray stop`.
 """
+# test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
 
 import json

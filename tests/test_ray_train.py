@@ -7,6 +7,7 @@
 
 Tests on clusters started with `ray start` (two nodes, Ray Jobs) are in test_ray_jobs.py.
 """
+# test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
 
 import json
@@ -182,7 +183,21 @@ def test_two_workers_match_one_process_on_the_whole_batch(local_ray, data, tmp_p
     info = json.loads((out / RAY_RUN).read_text())
     assert [h["epoch"] for h in info["history"]] == [1]
     assert sorted(w["rank"] for w in info["history"][0]["workers"]) == [0, 1]
+    # By default the machine's CPUs are split over the local workers, each CPU a torch thread.
+    per_worker = max(1, os.cpu_count() // 2)
+    assert info["cpus_per_worker"] == per_worker
+    assert [w["torch_threads"] for w in info["history"][0]["workers"]] == [per_worker, per_worker]
     assert Path(info["storage_path"]) == out / "ray_results"
+
+
+def test_one_local_worker_reserves_the_machine_and_trains_on_every_cpu(local_ray, data, tmp_path):
+    """A 1-CPU Ray worker runs one torch thread: the default gives a single local worker every CPU,
+    each a thread, so Ray trains at in-process speed on one node."""
+    config = tiny_config(data, batch_size=32, epochs=1).with_overrides({"data.train_limit": 64})
+    run_ray(config, tmp_path / "run", num_workers=1, final_nll_samples=2)
+    info = json.loads((tmp_path / "run" / RAY_RUN).read_text())
+    assert info["cpus_per_worker"] == os.cpu_count()
+    assert [w["torch_threads"] for w in info["history"][0]["workers"]] == [os.cpu_count()]
 
 
 # -- fault tolerance ----------------------------------------------------------------------------

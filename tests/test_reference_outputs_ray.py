@@ -6,6 +6,7 @@ this file runs in a pytest process of its own, see scripts/test.sh), writes bit-
 The in-process twin is tests/test_reference_outputs.py; the cases, the hash and the cluster are
 defined once in tests/reference_outputs.py.
 """
+# test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
 
 import pytest

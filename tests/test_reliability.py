@@ -22,6 +22,7 @@ weights at the function level), tests/test_mlflow.py::test_killed_and_resumed_ru
 (SIGKILL of `vaezoo train`, --resume in the same MLflow run), tests/test_cli.py (interrupted
 run resumes exactly), tests/test_encode.py (SIGKILL of encode, exactly-once rerun).
 """
+# test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
 
 import gzip

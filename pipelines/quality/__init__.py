@@ -12,6 +12,8 @@ sizes, optimiser and number of epochs:
   cvae   conditional NLL of the hidden quadrants given 1, 2 or 3 visible ones, against a
          deterministic network that predicts them (Sohn, Lee & Yan 2015, Table 1)
   zoo    the label-conditioned cvae, so that every variant has a row in the shared table
+  dcign  dcign against the vae and the beta-vae (beta = 4) with the same conv networks on dsprites,
+         over seeds: MIG, explained variance per factor, re-renderings (Kulkarni et al. 2015)
 
 Every model gets the same test metrics: ELBO, KL and active units on the whole test split, and
 the importance-sampled NLL with `nll_samples` samples on its first `nll_examples` images (m2 sums

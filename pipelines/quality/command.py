@@ -26,13 +26,13 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     for key in overrides:
         if key.split(".")[0] in ("variant", "variant_name"):
             raise ValueError(f"--set {key}: the suites choose each model's variant options; --set is for model.*, data.*, train.*")
-    for flag in ("epochs", "nll_samples", "nll_examples"):
+    for flag in ("epochs", "nll_samples", "nll_examples", "dcign_seeds"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
     return Budget(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, nll_samples=args.nll_samples,
                   nll_examples=args.nll_examples, iwae_ks=_int_list(args.iwae_k, "--iwae-k"),
                   m2_labels=_int_list(args.m2_labels, "--m2-labels"), train_limit=args.train_limit,
-                  test_limit=args.test_limit, overrides=overrides)
+                  test_limit=args.test_limit, dcign_seeds=args.dcign_seeds, overrides=overrides)
 
 
 def command(args: argparse.Namespace) -> int:

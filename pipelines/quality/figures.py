@@ -1,4 +1,4 @@
-"""Figures: prior samples, class-conditional samples, quadrant completions."""
+"""Figures: prior samples, class-conditional samples, quadrant completions, DC-IGN re-renderings."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from core.data import PreparedData
+from core.data import PreparedData, to_float
+from core.disentanglement import best_single_latent
 from core.evaluation import iterate_batches
 from core.serialization import load_model
 from pipelines.quality.baselines import completion_network
@@ -47,4 +48,37 @@ def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, An
         g = gen()
         rows += [variant.complete(test_x, generator=g) for _ in range(3)]
         written.append(save_grid(torch.cat(rows), folder / f"completions-q{q}.png", nrow=len(test_x)))
+    seeds = sorted(int(k.rsplit("-s", 1)[1]) for k in models if k.startswith("dcign-s"))
+    for key in [f"{prefix}-s{seeds[0]}" for prefix in ("dcign", "vae-conv", "beta4-vae-conv")] if seeds else []:
+        if key in models and data.test.factors is not None:
+            variant, _ = load_model(models[key])
+            factors = list(results[f"dcign-s{seeds[0]}"].get("latent_groups", {})) or list(data.test.factors.names)
+            written.append(save_grid(rerender(variant, data, factors), folder / f"dcign-{key}.png", nrow=9))
     return written
+
+
+@torch.no_grad()
+def rerender(variant, data: PreparedData, factors: list[str], images: int = 2, steps: int = 8,
+             rows: int = 2000) -> torch.Tensor:
+    """Kulkarni et al.'s re-renderings: for each factor, `images` test images (first column), then
+    their decodings as the factor's latents move through a range (mean +- 2 SD of those latents'
+    posterior means over the first `rows` test images), every other latent kept. The latents are
+    the factor's group where the variant assigns one, else its best single latent (held-out R^2)."""
+    variant.eval()
+    n = min(rows, len(data.test))
+    means = torch.cat([variant.encode(b.x, b.y)[0] for b in iterate_batches(data.test, 500, torch.arange(n))])
+    table = data.test.factors.select(slice(0, n))
+    groups = variant.latent_groups() or {}
+    best = best_single_latent(means.double(), table.values, table.names)
+    x = to_float(data.test.images[:images])
+    z = variant.encode(x)[0]
+    out = []
+    for factor in factors:
+        dims = groups.get(factor, [best[factor][0]])
+        low = means[:, dims].mean(0) - 2 * means[:, dims].std(0)
+        high = means[:, dims].mean(0) + 2 * means[:, dims].std(0)
+        for i in range(images):
+            walk = z[i].repeat(steps, 1)
+            walk[:, dims] = low + torch.linspace(0, 1, steps).unsqueeze(1) * (high - low)
+            out += [x[i:i + 1], variant.decode_mean(walk)]
+    return torch.cat(out)

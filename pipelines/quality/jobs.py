@@ -33,6 +33,8 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
     started = time.perf_counter()
     result: dict[str, Any] = {"key": job.key, "suite": job.suite, "kind": job.kind, "variant": job.variant,
                               "options": job.options}
+    if job.overrides:
+        result["overrides"] = job.overrides
     if job.kind == "label_classifier":
         _, metrics = train_label_classifier(config, data, job.labels)
         result.update(metrics, labels=job.labels, train_seconds=round(time.perf_counter() - started, 1))
@@ -60,6 +62,8 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
     started = time.perf_counter()
     metrics = evaluate(variant, data.test, nll_samples=budget.nll_samples, nll_examples=examples, progress=progress)
     save_model(variant, config, out / "models" / job.key, extra={"test_metrics": metrics})
+    if variant.latent_groups() is not None:
+        result["latent_groups"] = variant.latent_groups()
     result.update(metrics, nll_samples=budget.nll_samples, nll_examples=min(examples, len(data.test)),
                   test_examples=len(data.test), train_seconds=round(train_seconds, 1),
                   eval_seconds=round(time.perf_counter() - started, 1),

@@ -5,9 +5,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import RunConfig
+from core.factors import is_generated
 
 
-SUITES = ("burda", "dvae", "m2", "cvae", "zoo")
+SUITES = ("burda", "dvae", "m2", "cvae", "zoo", "dcign")
 CORRUPTIONS = ("gaussian", "salt_and_pepper", "masking")
 
 
@@ -24,6 +25,7 @@ class Budget:
     m2_labels: list[int] = field(default_factory=lambda: [100, 600, 1000, 3000])
     train_limit: int | None = None
     test_limit: int | None = None
+    dcign_seeds: int = 3         # dcign suite: each model trained with train.seed 0..dcign_seeds-1
     overrides: dict[str, Any] = field(default_factory=dict)  # --set, applied to every model's config
 
     def base_config(self) -> RunConfig:
@@ -44,6 +46,7 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)
     labels: int | None = None    # label_classifier: labelled examples
     visible: int | None = None   # completion_network: visible quadrants
+    overrides: dict[str, Any] = field(default_factory=dict)  # config fields this job sets (dotted keys)
 
 
 def plan(budget: Budget, suites: list[str]) -> list[Job]:
@@ -71,6 +74,17 @@ def plan(budget: Budget, suites: list[str]) -> list[Job]:
                 add(Job(f"network-q{q}", suite, "completion_network", visible=q))
         elif suite == "zoo":
             add(Job("cvae-label", suite, "variant", "cvae", {"condition": "label"}))
+        elif suite == "dcign":
+            if not is_generated(budget.dataset):
+                raise ValueError(f"the dcign suite needs data with known factors (e.g. --dataset dsprites), "
+                                 f"not {budget.dataset!r}")
+            for seed in range(budget.dcign_seeds):
+                # the same conv networks for all three; the baselines train on ordinary shuffled batches
+                conv = {"model.architecture": "conv", "train.seed": seed}
+                add(Job(f"dcign-s{seed}", suite, "variant", "dcign", {}, overrides=conv))
+                add(Job(f"vae-conv-s{seed}", suite, "variant", "vae", {}, overrides=conv))
+                add(Job(f"beta4-vae-conv-s{seed}", suite, "variant", "vae", {},
+                        overrides=conv | {"objective.name": "elbo", "objective.beta": 4.0}))
         else:
             raise ValueError(f"unknown suite {suite!r}: choose from {', '.join(SUITES)}")
     return list(jobs.values())
@@ -83,4 +97,5 @@ def job_config(budget: Budget, job: Job) -> RunConfig:
         return base
     # The job's variant brings its own default objective (the base config's is the vae's).
     raw = base.to_dict() | {"variant_name": job.variant, "variant": dict(job.options), "objective": None}
-    return RunConfig.from_dict(raw)
+    config = RunConfig.from_dict(raw)
+    return config.with_overrides(job.overrides) if job.overrides else config

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.quality.claims import seed_difference
 from pipelines.quality.protocol import CORRUPTIONS
 
 
@@ -41,6 +42,8 @@ def markdown(report: dict[str, Any]) -> str:
           [[q, f(get(f"cvae-q{q}", "cond_nll")), f(get(f"network-q{q}", "cond_nll"))]
            for q in (1, 2, 3) if f"cvae-q{q}" in r or f"network-q{q}" in r])
 
+    dcign_table(r, table)
+
     models = [v for v in r.values() if v["kind"] == "variant"]
     if models:
         lines.append(f"Every model: NLL with k={b['nll_samples']} on the first {b['nll_examples']} test images "
@@ -51,5 +54,29 @@ def markdown(report: dict[str, Any]) -> str:
                 f(v.get("cond_nll", v.get("nll"))), f(v["elbo"]), f(v["kl"]),
                 v["active_units"], f(v.get("accuracy"), 4), v["train_seconds"]] for v in models])
     for finding in report["findings"]:
-        lines.append(f"- {'holds' if finding['holds'] else '**does not hold**'}: {finding['claim']} ({finding['evidence']})")
+        status = finding.get("status") or ("holds" if finding["holds"] else "**does not hold**")
+        lines.append(f"- {status}: {finding['claim']} ({finding['evidence']})")
     return "\n".join(lines) + "\n"
+
+
+def dcign_table(r: dict[str, Any], table) -> None:
+    """The dcign suite: per factor, held-out R^2 (dcign: its group; vae, beta-vae: best single
+    latent) and MIG, as mean +- standard error over seeds."""
+    prefixes = {"dcign": "dcign", "vae-conv": "vae", "beta4-vae-conv": "beta-vae (beta=4)"}
+    runs = {p: [v for k, v in sorted(r.items()) if k.rsplit("-s", 1)[0] == p and k.startswith(p + "-s")]
+            for p in prefixes}
+    if not any(runs.values()):
+        return
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return ""
+        mean, se = seed_difference(values)
+        return f"{mean:.3f}" if se != se else f"{mean:.3f} ± {se:.3f}"
+
+    names = sorted({k.split("/", 1)[1] for vs in runs.values() for v in vs for k in v if k.startswith("explained_variance/")})
+    rows = [[f"R^2 {name}"] + [cell([v[f"explained_variance/{name}"] for v in runs[p] if f"explained_variance/{name}" in v])
+                               for p in prefixes] for name in names]
+    rows.append(["MIG"] + [cell([v["mig"] for v in runs[p] if "mig" in v]) for p in prefixes])
+    seeds = max(len(vs) for vs in runs.values())
+    table([f"metric (mean ± SE, {seeds} seeds)"] + list(prefixes.values()), rows)

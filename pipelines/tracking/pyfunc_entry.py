@@ -2,6 +2,6 @@
 instead of unpickling an object (nothing a user points at is ever unpickled)."""
 import mlflow.models
 
-from pipelines.mlflow_model import LatentEncoder
+from pipelines.tracking.pyfunc import LatentEncoder
 
 mlflow.models.set_model(LatentEncoder())

@@ -1,5 +1,5 @@
-"""MLflow tracking: one run per `vaezoo train`, per-epoch metrics, artifacts, the logged model
-(a pyfunc returning latents, wrapping the native vae-zoo model), registry and the champion alias.
+"""One MLflow run per `vaezoo train` (or per sweep trial): params and tags, per-epoch metrics, the
+data as run inputs, final metrics, pictures, the logged model and its registration.
 
 Only the driver and rank 0 write (SQLite dislikes many writers): the driver opens the run and
 passes its id; rank 0 logs epoch metrics into it with step=epoch.
@@ -7,41 +7,12 @@ passes its id; rank 0 logs epoch metrics into it with step=epoch.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-DEFAULT_EXPERIMENT = "vae-zoo"
-CHAMPION = "champion"
-# Final test metrics (whole test split, the final NLL sample count) every variant logs under the
-# same names, so runs line up in the compare view. Per-epoch `test/*` numbers are quick estimates
-# on a subset; `final/*` are the ones to compare.
-SHARED_METRICS = ["final/nll", "final/elbo", "final/kl", "final/recon", "final/active_units", "train/images_per_sec"]
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else SQLite in the working folder, by absolute path (Ray
-    workers run in another folder, where a relative URI would point elsewhere)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-
-
-def default_artifact_location(uri: str) -> str | None:
-    """Beside a local SQLite store, artifacts go to an absolute mlartifacts/ folder next to the
-    database; a server decides for itself (None)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return None
-
-
-def _client(uri: str):
-    from pipelines.tracking_store import open_client  # retries write collisions (many trainings, one store)
-
-    return open_client(uri)
+from pipelines.tracking.settings import DEFAULT_EXPERIMENT, client as _client, experiment_id, tracking_uri
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -73,20 +44,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def start_run(config, uri: str, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None) -> str:
-    """Create (or find) the experiment and open a run: params, tags, versions. Returns the run id."""
+def start_run(config, uri: str, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+              tags: dict[str, str] | None = None) -> str:
+    """Create (or find) the experiment and open a run: params, tags, versions. Returns the run id.
+    `tags` adds to them (a sweep's child passes `mlflow.parentRunId`)."""
     import mlflow
 
+    extra_tags = tags or {}
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        exp_id = exp.experiment_id
-    else:
-        exp_id = client.create_experiment(experiment, artifact_location=default_artifact_location(uri))
+    exp_id = experiment_id(uri, experiment)
     dataset = Path(config.data.dataset).name
     tags = {"variant": config.variant_name, "dataset": dataset, "git_commit": git_commit(),
             "mlflow.runName": run_name or f"{config.variant_name}-{dataset}"}
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    tags.update(extra_tags)
     run = client.create_run(exp_id, tags=tags)
     params = flatten(config.to_dict())
     from mlflow.entities import Param
@@ -131,12 +102,20 @@ def log_final(uri: str, run_id: str, results: dict[str, Any], history: list[dict
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in final.items()])
 
 
+# A metric the trainer logs every epoch for every variant (train/elbo is not one: an aae has none).
+EPOCH_MARKER = "train/epoch_seconds"
+
+
+def logged_epochs(uri: str, run_id: str) -> set[int]:
+    """The epochs a run already has in MLflow."""
+    return {m.step for m in _client(uri).get_metric_history(run_id, EPOCH_MARKER)}
+
+
 def backfill_epochs(uri: str, run_id: str, history: list[dict[str, Any]]) -> None:
     """Log the epochs of the run folder's history that MLflow lacks. A kill can land after an
     epoch's checkpoint is written but before its metrics reach MLflow; the resumed run starts
     after that epoch, so without this its step would be missing."""
-    client = _client(uri)
-    logged = {m.step for m in client.get_metric_history(run_id, "train/elbo")}
+    logged = logged_epochs(uri, run_id)
     logger = EpochLogger(uri, run_id)
     for metrics in history:
         if int(metrics["epoch"]) not in logged:
@@ -151,15 +130,16 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 RUN_FILE = "mlflow_run.json"
 
 
-def open_run(config, output: Path, resume: bool, experiment: str = DEFAULT_EXPERIMENT) -> tuple[str, str]:
+def open_run(config, output: Path, resume: bool, experiment: str = DEFAULT_EXPERIMENT, uri: str | None = None,
+             run_name: str | None = None, tags: dict[str, str] | None = None) -> tuple[str, str]:
     """(tracking URI, run id): a new run, or on --resume the run this output folder already has."""
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     record = Path(output) / RUN_FILE
     if resume and record.is_file():
         saved = json.loads(record.read_text())
         _client(saved["tracking_uri"]).update_run(saved["run_id"], status="RUNNING")
         return saved["tracking_uri"], saved["run_id"]
-    run_id = start_run(config, uri, experiment)
+    run_id = start_run(config, uri, experiment, run_name=run_name, tags=tags)
     Path(output).mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment": experiment}))
     return uri, run_id
@@ -175,7 +155,8 @@ def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -
     from core.datasets import load_split
     from core.serialization import CONFIG_FILE, WEIGHTS_FILE, load_model
     from pipelines.artifacts import write_artifacts
-    from pipelines.mlflow_model import log_model
+    from pipelines.tracking.datasets import log_data_inputs
+    from pipelines.tracking.pyfunc import log_model
 
     output = Path(output)
     variant, config = load_model(output)
@@ -186,6 +167,7 @@ def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -
     client = _client(uri)
     backfill_epochs(uri, run_id, history)
     log_final(uri, run_id, results, history)
+    log_data_inputs(uri, run_id, config)
     for path in write_artifacts(variant, test_set, history, output / "artifacts", seed=config.train.seed):
         client.log_artifact(run_id, str(path), "plots")
     for name in ("results.json", "run_config.yaml", "metrics.jsonl"):
@@ -199,7 +181,7 @@ def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -
         model_uri = log_model(run_id, uri, model_dir, example, variant.shape.as_tuple(), config.model.latent_dim)
     info: dict[str, Any] = {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri}
     if register_name:
-        from pipelines.mlflow_model import register
+        from pipelines.tracking.registry import register
 
         info.update(register(uri, register_name, model_uri, run_id, float(results["nll"])))
         info["registered_model"] = register_name

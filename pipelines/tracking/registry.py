@@ -1,0 +1,29 @@
+"""The model registry: a new version per trained model, and the champion alias on the best."""
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.tracking.settings import CHAMPION
+
+
+def register(uri: str, name: str, model_uri: str, run_id: str, test_nll: float) -> dict[str, Any]:
+    """Register a new version; move the champion alias to it only if its test NLL beats the
+    current champion's (lower is better). Returns {"version", "champion"}."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    mv = mlflow.register_model(model_uri, name, tags={"test_nll": f"{test_nll:.6f}", "run_id": run_id})
+    version = int(mv.version)
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+        current_nll = float(current.tags.get("test_nll", "inf"))
+    except MlflowException:
+        current, current_nll = None, float("inf")
+    promoted = test_nll < current_nll
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    return {"version": version, "champion": promoted,
+            "champion_version": version if promoted else int(current.version)}
