@@ -19,6 +19,19 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def failed_ranks(failed: bool) -> list[int]:
+    """Every rank says whether its step failed; every rank learns which did. One all-reduce of
+    world_size floats on the CPU (gloo): a failed rank that simply raised would leave the others
+    waiting in the next gradient all-reduce until the process group's timeout."""
+    rank, size = world()
+    if size == 1:
+        return [rank] if failed else []
+    flags = torch.zeros(size, dtype=torch.float32)
+    flags[rank] = float(failed)
+    dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+    return [r for r in range(size) if flags[r] > 0]
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Average gradients over workers in one flat all-reduce (the model is small: one message
     beats one per tensor), keeping "no gradient" as no gradient, as one process would.
@@ -27,7 +40,10 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     had one. A parameter no rank computed a gradient for stays at None, so the optimiser skips it
     exactly as in one process. One used on some ranks only gets the sum over those ranks divided
     by the world size: with each rank's loss scaled by its share of the global batch, that is the
-    gradient one process would compute on the whole global batch."""
+    gradient one process would compute on the whole global batch (the other ranks' examples
+    contribute zero to it, as they would in one process where the parameter was unused on them).
+    A rank that has no gradient for it still receives the average, so the weights stay identical
+    on every rank."""
     _, size = world()
     if size == 1 or not params:
         return

@@ -9,7 +9,11 @@ torch.distributed process group exists the loop is data-parallel:
   once per epoch and the hyperparameters mean the same whatever the number of workers;
 * each rank scales its loss by its share of the global batch and gradients are averaged, which
   gives exactly the gradient of the mean loss over the whole global batch;
-* metrics are summed over ranks before they are reported.
+* metrics are summed over ranks before they are reported;
+* the ranks fail together: before each gradient all-reduce every rank says whether its step
+  failed (one all-reduce of world_size floats, core.distributed.failed_ranks), so an error or a
+  non-finite loss on one rank stops all of them at that step instead of leaving the others
+  waiting for a rank that is gone.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from core.batches import TrainingSource, epoch_permutation  # noqa: F401  (epoch
 from core.config import RunConfig
 from core.data import PreparedData
 from core.datasets import prepare_data
-from core.distributed import all_reduce_sum, average_gradients, gather_objects, world
+from core.distributed import all_reduce_sum, average_gradients, failed_ranks, gather_objects, world
 from core.evaluation import evaluate
 from core.files import atomic_torch_save
 from core.serialization import build_variant, load_state
@@ -38,6 +42,11 @@ Report = Callable[[dict[str, Any], dict[str, Any]], None]
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; raised before the optimiser step, so no bad update is made."""
+
+
+class RankFailedError(RuntimeError):
+    """Another rank's step failed: this rank stops at the same step instead of waiting for it in
+    the gradient all-reduce. The failed rank raises its own error (naming rank, step and batch)."""
 
 
 def lr_factor(schedule: str, epochs: int) -> Callable[[int], float]:
@@ -69,6 +78,23 @@ def print_report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None = No
             "train/images_per_sec"]
     parts = [f"{k.split('/')[0][:2]}_{k.split('/')[1]}={metrics[k]:.2f}" for k in keys if k in metrics]
     tqdm.write(f"epoch {metrics['epoch']}: " + " ".join(parts))
+
+
+def _fail_together(error: Exception | None, rank: int, epoch: int, step: int, steps: int,
+                   local_idx: torch.Tensor) -> None:
+    """Called by every rank once per phase of a step, with its own error or None: if any rank
+    failed, every rank raises (the failed one its own error, already naming rank, step and batch
+    when it is the loop's; any other error is wrapped to name them)."""
+    failed = failed_ranks(error is not None)
+    if not failed:
+        return
+    where = f"at epoch {epoch}, step {step + 1}/{steps}"
+    if error is not None:
+        if isinstance(error, NonFiniteLossError):
+            raise error
+        raise RuntimeError(f"rank {rank} failed {where}, batch of examples {local_idx[:8].tolist()}...: "
+                           f"{type(error).__name__}: {error}") from error
+    raise RankFailedError(f"rank {', '.join(map(str, failed))} failed {where}; rank {rank} stopped with it")
 
 
 def train(config: RunConfig, report: Report = print_report, resume: dict[str, Any] | None = None,
@@ -117,6 +143,7 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
             torch.manual_seed(tcfg.seed + 1 + rank + 7919 * start_epoch)
 
     show = tcfg.progress and rank == 0
+    on_rank = f"on rank {rank} " if size > 1 else ""
     for epoch in range(start_epoch, tcfg.epochs + 1):
         variant.train()
         batches = variant.epoch_batches(source, tcfg.batch_size, tcfg.seed, epoch)
@@ -128,27 +155,39 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
             local_idx = global_idx.tensor_split(size)[rank]
             # Scaling by the local share makes the averaged gradient the full global-batch mean.
             share = len(local_idx) * size / len(global_idx)
-            batch = variant.draw_batch(source, local_idx)
+            error: Exception | None = None  # this rank's failure in this step, shared with the others
+            try:
+                batch = variant.draw_batch(source, local_idx)
+            except Exception as err:
+                if size == 1:
+                    raise
+                error = err
             for phase in phases:
                 for name in phase:
                     optimizers[name].zero_grad(set_to_none=True)
-                if len(local_idx):
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.autocast == "bf16"):
-                        outputs = variant.losses(batch, phase)
-                    for i, name in enumerate(phase):
-                        out = outputs[name]
-                        if not torch.isfinite(out.loss):
-                            raise NonFiniteLossError(
-                                f"non-finite loss ({out.loss.item()}) at epoch {epoch}, step {step + 1}/{len(batches)}, "
-                                f"optimiser {name!r}, batch of examples {local_idx[:8].tolist()}...; "
-                                f"the last good checkpoint is kept (try a lower train.lr or train.grad_clip)")
-                        if len(optimizers) == 1:
-                            (out.loss * share).backward()
-                        else:  # each group's loss reaches only its own parameters
-                            (out.loss * share).backward(inputs=groups[name], retain_graph=i < len(phase) - 1)
-                        for key, value in out.metrics.items():
-                            key = metric_name(name, key)
-                            sums[key] = sums.get(key, 0.0) + value.detach().double() * len(local_idx)
+                try:
+                    if len(local_idx) and error is None:
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.autocast == "bf16"):
+                            outputs = variant.losses(batch, phase)
+                        for i, name in enumerate(phase):
+                            out = outputs[name]
+                            if not torch.isfinite(out.loss):
+                                raise NonFiniteLossError(
+                                    f"non-finite loss ({out.loss.item()}) {on_rank}at epoch {epoch}, step {step + 1}/{len(batches)}, "
+                                    f"optimiser {name!r}, batch of examples {local_idx[:8].tolist()}...; "
+                                    f"the last good checkpoint is kept (try a lower train.lr or train.grad_clip)")
+                            if len(optimizers) == 1:
+                                (out.loss * share).backward()
+                            else:  # each group's loss reaches only its own parameters
+                                (out.loss * share).backward(inputs=groups[name], retain_graph=i < len(phase) - 1)
+                            for key, value in out.metrics.items():
+                                key = metric_name(name, key)
+                                sums[key] = sums.get(key, 0.0) + value.detach().double() * len(local_idx)
+                except Exception as err:
+                    if size == 1:
+                        raise
+                    error = err
+                _fail_together(error, rank, epoch, step, len(batches), local_idx)  # a no-op in one process
                 for name in phase:
                     average_gradients(groups[name])
                     if tcfg.grad_clip is not None:

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.errors import run_command
+from pipelines.errors import Preempted, run_command, stop_request
 
 
 def _train_parser(sub) -> None:
@@ -172,6 +172,9 @@ def cmd_train(args) -> int:
                                          ("--storage-path", args.storage_path), ("--ray-logs", args.ray_logs)) if given]
     if args.num_workers == 0 and ray_only:
         raise ValueError(f"{', '.join(ray_only)}: only for training on Ray, not with --num-workers 0")
+    from pipelines.ray_job import refuse_temporary_paths
+
+    refuse_temporary_paths(output, tracking.tracking_uri(), output_given=bool(args.output))
     if not args.resume:
         prepare_output(output, resume=False)  # refuse a used folder before an MLflow run is opened
     elif not ((output / "checkpoints" / "last.pt").is_file() or (output / "ray_run.json").is_file()):
@@ -194,17 +197,37 @@ def cmd_train(args) -> int:
                               address=args.address, storage_path=args.storage_path, max_failures=args.max_failures,
                               ray_logs=args.ray_logs, epoch_hook=log_epoch)
     except BaseException as err:
-        tracking.end_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        stopped = stop_request(err)
+        tracking.end_run(uri, run_id, "KILLED" if stopped else "FAILED")
         if not args.resume:
             from pipelines.local import discard_unstarted_run
 
             discard_unstarted_run(output)  # no checkpoint yet: leave no half-made run folder behind
+        if stopped is not None:
+            print(_stopped_line(stopped, output), file=sys.stderr)
+            raise stopped from None
         raise
     trained_config = build_config_from_run(output)
     name = None if args.no_register else (args.register or tracking.default_model_name(trained_config))
     info = tracking.finish_run(uri, run_id, output, name)
     print(json.dumps({"output": str(output), "test": results, "mlflow": info}, indent=2, sort_keys=True))
     return 0
+
+
+def _stopped_line(err: BaseException, output: Path) -> str:
+    """What a preempted or interrupted training kept: the step in progress is abandoned, the
+    checkpoint is the last complete epoch's (written atomically at the end of each epoch)."""
+    from pipelines.local import CHECKPOINT
+
+    signal_name = "SIGTERM" if isinstance(err, Preempted) else "SIGINT"
+    checkpoint = output / CHECKPOINT
+    if not checkpoint.is_file():
+        return f"vaezoo train: stopped by {signal_name} before the first epoch ended: nothing to resume"
+    from core.serialization import read_checkpoint
+
+    epoch = read_checkpoint(checkpoint)["epoch"]
+    return (f"vaezoo train: stopped by {signal_name}; the MLflow run is KILLED; {checkpoint} holds epoch {epoch}, "
+            f"the last complete one: continue with `vaezoo train --output {output} --resume`")
 
 
 def cmd_sweep(args) -> int:

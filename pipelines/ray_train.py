@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -103,6 +104,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     identity = {"worker/rank": rank, "worker/node_id": ray.get_runtime_context().get_node_id(),
                 "worker/pid": os.getpid(), "worker/torch_threads": torch.get_num_threads()}
     hold = loop_config.get("_test_hold_after_report")
+    fault = loop_config.get("_test_fault")
+    if fault and rank == fault["rank"]:
+        _inject_fault(fault)
 
     def report(metrics: dict[str, Any], checkpoint_dict: dict[str, Any]) -> None:
         history.append(metrics)
@@ -120,6 +124,28 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
             _hold_until_killed(Path(hold["pid_file"]))
 
     train(config, report=report, resume=state, device=ray.train.torch.get_device())
+
+
+def _inject_fault(fault: dict[str, Any]) -> None:
+    """TEST ONLY (run_ray's `_test_fault`): in this worker process only, make the `fault["call"]`-th
+    call of the variant's losses either raise (kind "error") or return a NaN loss (kind "nan")."""
+    import dataclasses
+    import itertools
+
+    from core.variant import Variant
+
+    calls, original = itertools.count(1), Variant.losses
+
+    def losses(self, batch, groups):
+        outputs = original(self, batch, groups)
+        if next(calls) == fault["call"]:
+            if fault["kind"] == "error":
+                raise ValueError("injected fault")
+            name = next(iter(outputs))
+            outputs[name] = dataclasses.replace(outputs[name], loss=outputs[name].loss * float("nan"))
+        return outputs
+
+    Variant.losses = losses
 
 
 def _hold_until_killed(pid_file: Path, timeout_s: float = 120.0) -> None:
@@ -263,7 +289,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
             num_workers: int = 1, use_gpu: bool = False, cpus_per_worker: float | None = None, address: str | None = None,
             storage_path: str | None = None, max_failures: int = 0, ray_logs: bool = False,
             epoch_hook: Callable[[dict[str, Any]], None] | None = None,
-            _test_hold_after_report: dict[str, Any] | None = None) -> dict[str, Any]:
+            _test_hold_after_report: dict[str, Any] | None = None,
+            _test_fault: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `config` on `num_workers` Ray Train workers; writes the run folder and returns the
     final test metrics (the same dict as run_local). The console shows one line per epoch;
     `ray_logs` also forwards the logs of Ray's workers and controller (when this call connects).
@@ -275,6 +302,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
 
     `_test_hold_after_report` is for tests only: {"epoch": E, "rank": R, "pid_file": PATH} makes
     rank R, on its first attempt, write its pid to PATH after reporting epoch E and wait to be killed.
+    `_test_fault` is for tests only: {"rank": R, "call": N, "kind": "nan" or "error"} makes rank R's
+    N-th loss computation NaN or raise.
     """
     import ray
     import ray.train
@@ -330,7 +359,12 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     # default) and a worker's report queue holds one entry: short epochs would wait on the poll.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     working_directory = os.getcwd()
+    caller_sigterm = signal.getsignal(signal.SIGTERM)
     connected = _connect(address, num_workers * cpus_per_worker, ray_logs)
+    if callable(caller_sigterm) and threading.current_thread() is threading.main_thread():
+        # ray.init replaces the SIGTERM handler with sys.exit(15): keep the caller's (the CLI's
+        # turns SIGTERM into a clean preemption stop that ends the MLflow run KILLED).
+        signal.signal(signal.SIGTERM, caller_sigterm)
     try:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         if nodes > 1 and not _is_uri(info["storage_path"]):
@@ -342,6 +376,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
             loop_config["initial_history"] = _read_jsonl(metrics_file)
         if _test_hold_after_report:
             loop_config["_test_hold_after_report"] = dict(_test_hold_after_report)
+        if _test_fault:
+            loop_config["_test_fault"] = dict(_test_fault)
         resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
         # NCCL carries the gradients on GPUs; the loop's metric and evaluation sums are small CPU
         # tensors, which a pure NCCL group cannot reduce: give CPU tensors gloo.

@@ -213,3 +213,26 @@ def test_ray_job_submit_logs_every_epoch(cluster, data, tmp_path):
     assert [ln.split(":")[0] for ln in lines] == ["epoch 1", "epoch 2", "epoch 3"], logs
     assert all("te_elbo=" in ln for ln in lines)
     assert json.loads((out / "results.json").read_text())["test_examples"] == 64
+
+
+@pytest.mark.parametrize("case", ["no-tracking-uri", "relative-output"])
+def test_ray_job_refuses_to_keep_records_in_its_temporary_working_dir(cluster, data, tmp_path, case):
+    """Without MLFLOW_TRACKING_URI the default ./mlflow.db, and a relative --output, would be in
+    the job's unpacked copy of --working-dir, deleted after the job: refused in one line at start."""
+    job_id = f"vaezoo-test-{uuid.uuid4().hex[:8]}"
+    env_vars = {"OMP_NUM_THREADS": "1"}
+    if case == "relative-output":
+        env_vars["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    output = tmp_path / "job-run" if case == "no-tracking-uri" else Path("runs/job-run")
+    runtime_env = {"env_vars": env_vars, "excludes": ["runs/", "*.safetensors", "mlflow.db", "mlartifacts/"]}
+    submit = cluster.run(["ray", "job", "submit", "--address", cluster.dashboard, "--submission-id", job_id,
+                          "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
+                          "python", "-m", "pipelines.cli", *train_args(data, output, epochs=1)], timeout_s=400)
+    assert submit.returncode != 0
+    logs = cluster.run(["ray", "job", "logs", "--address", cluster.dashboard, job_id]).stdout
+    errors = [ln for ln in logs.splitlines() if ln.startswith("vaezoo train: error:")]
+    assert len(errors) == 1, logs
+    assert "temporary copy of its working directory" in errors[0]
+    assert ("set MLFLOW_TRACKING_URI" if case == "no-tracking-uri" else "give --output an absolute path") in errors[0]
+    assert "Traceback" not in logs
+    assert not (tmp_path / "job-run").exists() and not (tmp_path / "mlflow.db").exists()

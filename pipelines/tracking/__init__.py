@@ -1,5 +1,6 @@
 """MLflow for vae-zoo, by concern, with no import cycle (each module imports only those above it):
 
+  store      opening a store others write to: first use of SQLite under a file lock, retries
   settings   tracking URI, artifact location, shared metric names, the experiment and its kind
   model_uri  model references (path, models:/, runs:/) to local model folders
   registry   registered versions and the champion alias

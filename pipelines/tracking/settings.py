@@ -36,9 +36,9 @@ def default_artifact_location(uri: str) -> str | None:
 
 
 def client(uri: str):
-    from mlflow.tracking import MlflowClient
+    from pipelines.tracking.store import open_client  # retries write collisions (many trainings, one store)
 
-    return MlflowClient(tracking_uri=uri)
+    return open_client(uri)
 
 
 def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
