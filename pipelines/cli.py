@@ -253,6 +253,12 @@ def cmd_encode(args) -> int:
     return run(args)
 
 
+def cmd_complete(args) -> int:
+    from pipelines.complete import cmd_complete as run
+
+    return run(args)
+
+
 def cmd_quality(args) -> int:
     from pipelines.quality import command
 
@@ -289,6 +295,9 @@ def make_parser() -> argparse.ArgumentParser:
     from pipelines.encode import add_encode_parser
 
     add_encode_parser(sub)
+    from pipelines.complete.command import add_complete_parser
+
+    add_complete_parser(sub)
     c = sub.add_parser("compare", help="the latest run of each variant on the shared test metrics")
     c.add_argument("--experiment", default="vae-zoo", help="MLflow experiment (default vae-zoo)")
     c.add_argument("--format", default="text", choices=["text", "csv", "markdown"])
@@ -296,7 +305,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample,
-            "compare": cmd_compare, "encode": cmd_encode, "quality": cmd_quality}
+            "compare": cmd_compare, "encode": cmd_encode, "quality": cmd_quality,
+            "complete": cmd_complete}
 
 
 def main(argv: list[str] | None = None) -> int:
