@@ -50,7 +50,10 @@ def _quality_parser(sub) -> None:
                                    "baseline on the same budget, test NLL/ELBO/KL/active units, the papers' claims "
                                    "checked. Results per model in --out; a rerun continues.")
     p.add_argument("--out", default="quality", help="results folder (default ./quality); reruns continue it")
-    p.add_argument("--suites", default="burda,dvae,m2,cvae,zoo", help="comma-separated, from burda, dvae, m2, cvae, zoo (default all)")
+    p.add_argument("--suites", default="burda,dvae,m2,cvae,zoo", help="comma-separated, from burda, dvae, m2, cvae, zoo, superres, inpaint "
+                                                             "(default the first five)")
+    p.add_argument("--seeds", default="0,1,2", help="superres/inpaint: seeds, one model each, claims judged "
+                                                   "over them (default 0,1,2)")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (Debian package), mnist, or an IDX folder")
     p.add_argument("--data-dir", help="folder of MNIST-layout IDX files for --dataset (e.g. MNIST's)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs of every model (default 5)")

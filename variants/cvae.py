@@ -32,10 +32,11 @@ class CVAEOptions(VariantOptions):
     # Quadrants shown, in reading order (top-left, top-right, bottom-left, bottom-right).
     visible_quadrants: int = Field(1, ge=1, le=3)
     # condition=mask: which pixels are hidden. centre: a square of side mask_size in the middle;
-    # blocks: mask_blocks squares of side mask_size at random places; pixels: each pixel hidden
-    # with probability mask_rate; quadrants: all but visible_quadrants.
+    # blocks: mask_blocks squares of side mask_size (None: half the shorter side for centre, a
+    # quarter for blocks) at random places; pixels: each pixel hidden with probability mask_rate;
+    # quadrants: all but visible_quadrants.
     mask: Literal["centre", "blocks", "pixels", "quadrants"] = "centre"
-    mask_size: int = Field(14, ge=1)
+    mask_size: int | None = Field(None, ge=1)
     mask_blocks: int = Field(3, ge=1)
     mask_rate: float = Field(0.5, gt=0.0, lt=1.0)
     # Random masks: fresh per training batch from the trainer's RNG; at evaluation drawn from a
@@ -114,13 +115,13 @@ class ConditionalVAE(Variant):
         elif self.random_mask:
             cond_dim = 2 * s.numel  # the shown pixels and the mask itself
             if o.mask == "blocks":
-                centre_mask(s.channels, s.height, s.width, o.mask_size)  # the size check, at build time
+                centre_mask(s.channels, s.height, s.width, self.mask_size)  # the size check, at build time
         else:
             cond_dim = s.numel
             if o.condition == "quadrants" or o.mask == "quadrants":
                 fixed = quadrant_mask(s.channels, s.height, s.width, o.visible_quadrants)
             else:
-                fixed = centre_mask(s.channels, s.height, s.width, o.mask_size)
+                fixed = centre_mask(s.channels, s.height, s.width, self.mask_size)
             self.register_buffer("visible_mask", fixed)
         return VAE(self.model_cfg, s, cond_dim=cond_dim, conditional_prior=True)
 
@@ -134,6 +135,13 @@ class ConditionalVAE(Variant):
         return {"lowres": "superres", "quadrants": "inpaint", "mask": "inpaint"}.get(self.options.condition)
 
     @property
+    def mask_size(self) -> int:
+        side = min(self.shape.height, self.shape.width)
+        if self.options.mask_size is not None:
+            return self.options.mask_size
+        return max(1, side // 2 if self.options.mask == "centre" else side // 4)
+
+    @property
     def random_mask(self) -> bool:
         return self.options.condition == "mask" and self.options.mask in ("blocks", "pixels")
 
@@ -145,7 +153,7 @@ class ConditionalVAE(Variant):
         s, o = self.shape, self.options
         device = next(self.parameters()).device
         if o.mask == "blocks":
-            masks = block_masks(n, s.channels, s.height, s.width, o.mask_size, o.mask_blocks, generator)
+            masks = block_masks(n, s.channels, s.height, s.width, self.mask_size, o.mask_blocks, generator)
         else:
             masks = pixel_masks(n, s.channels, s.height, s.width, o.mask_rate, generator)
         return masks.to(device)

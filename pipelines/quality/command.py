@@ -21,6 +21,17 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _seeds(args) -> list[int]:
+    text = getattr(args, "seeds", "0,1,2")
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct integers, got {text!r}")
+    return seeds
+
+
 def budget_from_args(args: argparse.Namespace) -> Budget:
     overrides = dict(parse_override(s) for s in args.set)
     for key in overrides:
@@ -32,7 +43,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, nll_samples=args.nll_samples,
                   nll_examples=args.nll_examples, iwae_ks=_int_list(args.iwae_k, "--iwae-k"),
                   m2_labels=_int_list(args.m2_labels, "--m2-labels"), train_limit=args.train_limit,
-                  test_limit=args.test_limit, overrides=overrides)
+                  test_limit=args.test_limit, overrides=overrides, seeds=_seeds(args))
 
 
 def command(args: argparse.Namespace) -> int:

@@ -47,4 +47,6 @@ def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, An
         g = gen()
         rows += [variant.complete(test_x, generator=g) for _ in range(3)]
         written.append(save_grid(torch.cat(rows), folder / f"completions-q{q}.png", nrow=len(test_x)))
-    return written
+    from pipelines.quality.applications import write_application_figures
+
+    return written + write_application_figures(out, data, results)

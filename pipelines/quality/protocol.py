@@ -7,7 +7,7 @@ from typing import Any
 from core.config import RunConfig
 
 
-SUITES = ("burda", "dvae", "m2", "cvae", "zoo")
+SUITES = ("burda", "dvae", "m2", "cvae", "zoo", "superres", "inpaint")
 CORRUPTIONS = ("gaussian", "salt_and_pepper", "masking")
 
 
@@ -25,6 +25,7 @@ class Budget:
     train_limit: int | None = None
     test_limit: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # --set, applied to every model's config
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # superres/inpaint: one model per seed
 
     def base_config(self) -> RunConfig:
         raw = RunConfig().to_dict()
@@ -44,6 +45,7 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)
     labels: int | None = None    # label_classifier: labelled examples
     visible: int | None = None   # completion_network: visible quadrants
+    seed: int | None = None      # train.seed of the job (superres, inpaint); None: the budget's
 
 
 def plan(budget: Budget, suites: list[str]) -> list[Job]:
@@ -71,6 +73,11 @@ def plan(budget: Budget, suites: list[str]) -> list[Job]:
                 add(Job(f"network-q{q}", suite, "completion_network", visible=q))
         elif suite == "zoo":
             add(Job("cvae-label", suite, "variant", "cvae", {"condition": "label"}))
+        elif suite in ("superres", "inpaint"):
+            from pipelines.quality.applications import plan_jobs
+
+            for job in plan_jobs(suite, budget.seeds, Job):
+                add(job)
         else:
             raise ValueError(f"unknown suite {suite!r}: choose from {', '.join(SUITES)}")
     return list(jobs.values())
@@ -79,6 +86,8 @@ def plan(budget: Budget, suites: list[str]) -> list[Job]:
 
 def job_config(budget: Budget, job: Job) -> RunConfig:
     base = budget.base_config()
+    if job.seed is not None:
+        base = base.with_overrides({"train.seed": job.seed})
     if job.kind != "variant":
         return base
     # The job's variant brings its own default objective (the base config's is the vae's).
