@@ -11,7 +11,7 @@ PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider)
 if [ "$#" -gt 0 ]; then
   exec "${PYTEST[@]}" "$@"
 fi
-OWN_PROCESS=(tests/test_encode.py tests/test_mlflow.py tests/test_ray_train.py tests/test_ray_jobs.py tests/test_reliability.py tests/test_reference_outputs_ray.py)
+OWN_PROCESS=(tests/test_encode.py tests/test_mlflow.py tests/test_ray_train.py tests/test_ray_jobs.py tests/test_reliability.py tests/test_reference_outputs_ray.py tests/test_complete.py)
 ignore=()
 for f in "${OWN_PROCESS[@]}"; do ignore+=(--ignore "$f"); done
 status=0

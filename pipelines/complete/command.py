@@ -15,7 +15,7 @@ def add_complete_parser(subparsers):
         "complete", help="super-resolution or inpainting of a dataset with a conditional VAE, on Ray Data",
         description="Complete images with a cvae trained with variant.condition=lowres (superres) or mask "
                     "(inpaint): each image of SOURCE is degraded as the model was trained (average-pooled, or "
-                    "masked), completed N times from p(z|c), and scored against itself. DIR gets Parquet scores "
+                    "masked), completed N times from p(z|c), and scored against itself. DIR gets Parquet scores in scores/ "
                     "(id, label, cond_nll, psnr_mean, ssim_mean, psnr_best, ssim_best, consistency, diversity) "
                     "and images/ID.png (input, mean completion, N samples, truth); it appears only when complete.")
     p.add_argument("--model", required=True, help="model folder, or an MLflow URI (models:/NAME@ALIAS, runs:/ID/model)")

@@ -14,7 +14,7 @@ from pipelines.encode.schema import META_KEY
 
 SCORE_COLUMNS = ("cond_nll", "psnr_mean", "ssim_mean", "psnr_best", "ssim_best", "consistency", "diversity")
 FORMAT_NAME, FORMAT_VERSION = "vaezoo-completions", 1
-IMAGES_FOLDER = "images"
+IMAGES_FOLDER, SCORES_FOLDER = "images", "scores"
 
 
 def scores_schema(metadata: dict | None = None) -> pa.Schema:

@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipelines.complete.completer import FORMAT_NAME, FORMAT_VERSION, IMAGES_FOLDER, Completer, scores_schema
+from pipelines.complete.completer import (FORMAT_NAME, FORMAT_VERSION, IMAGES_FOLDER, SCORES_FOLDER, Completer,
+                                          scores_schema)
 from pipelines.complete.metrics import TASKS
 from pipelines.encode.datasource import _make_datasource
 from pipelines.encode.job import (MAX_BLOCK_BYTES, _connect, _failure_summary, _input_error, _model_version,
@@ -57,7 +58,9 @@ def run_complete(model: str, inputs: Sequence[str] | str, output: str | os.PathL
     if output.exists() or output.is_symlink():
         if not overwrite:
             raise EncodeError(f"{output} already exists; pass --overwrite to replace it")
-        _check_replaceable(output, (IMAGES_FOLDER,))
+        _check_replaceable(output, (IMAGES_FOLDER, SCORES_FOLDER))
+        if (output / SCORES_FOLDER).is_dir():
+            _check_replaceable(output / SCORES_FOLDER)  # scores written by vaezoo complete only
     clean_stale_staging(output)
 
     from core.serialization import CONFIG_FILE, WEIGHTS_FILE, load_model, package_version
@@ -88,6 +91,7 @@ def run_complete(model: str, inputs: Sequence[str] | str, output: str | os.PathL
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_path(output)
     (staging / IMAGES_FOLDER).mkdir(parents=True)
+    (staging / SCORES_FOLDER).mkdir()
     connected = False
     try:
         import ray
@@ -110,7 +114,7 @@ def run_complete(model: str, inputs: Sequence[str] | str, output: str | os.PathL
                                        "nll_samples": nll_samples, "seed": seed,
                                        "device": "cuda" if use_gpu else "cpu"},
                 num_cpus=1, num_gpus=1 if use_gpu else 0)
-            ds.write_parquet(str(staging), schema=schema, min_rows_per_file=rows_per_file,
+            ds.write_parquet(str(staging / SCORES_FOLDER), schema=schema, min_rows_per_file=rows_per_file,
                              max_rows_per_file=rows_per_file)
         except Exception as err:  # noqa: BLE001 - Ray wraps everything; sort it into input or failure
             if os.environ.get("VAEZOO_DEBUG"):
@@ -121,9 +125,9 @@ def run_complete(model: str, inputs: Sequence[str] | str, output: str | os.PathL
             raise EncodeFailed(f"completion failed: {_failure_summary(err)} (Ray's logs have the details)") from None
         finally:
             ctx.enable_progress_bars, ctx.target_max_block_size = saved
-        files = verify_output(staging, source.num_rows, schema)
+        files = verify_output(staging / SCORES_FOLDER, source.num_rows, schema)
         _verify_images(staging / IMAGES_FOLDER, source.num_rows)
-        _commit(staging, output, overwrite, (IMAGES_FOLDER,))
+        _commit(staging, output, overwrite, (IMAGES_FOLDER, SCORES_FOLDER))
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
