@@ -67,6 +67,8 @@ def _quality_parser(sub) -> None:
                    help="config override for every model, e.g. --set model.latent_dim=50")
     p.add_argument("--force", action="store_true", help="retrain models whose results exist")
     p.add_argument("--no-figures", action="store_true", help="skip the sample and completion PNGs")
+    p.add_argument("--mlflow", action="store_true", help="log quality.json and the figures to an MLflow run "
+                                                         "(experiment vae-zoo-quality; MLFLOW_TRACKING_URI)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown instead of JSON")
 

@@ -186,3 +186,20 @@ def test_plan_pairs_each_condition_and_seed_with_its_network_and_bicubic_once():
             net, = [j for j in jobs if j.key == f"network-{name}-s{seed}"]
             assert cv.options == net.options and cv.seed == net.seed == seed
     assert {j.key for j in jobs if j.kind == "bicubic"} == {"bicubic-sr2", "bicubic-sr4"}
+
+
+def test_quality_report_and_figures_become_mlflow_artifacts(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from pipelines.images import save_grid
+    from pipelines.tracking import log_quality
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "quality"
+    figure = save_grid(images(7), out / "figures" / "superres-sr2.png", nrow=7)
+    (out / "quality.json").write_text('{"findings": []}')
+    run_id = log_quality(out, {"figures": [str(figure)]})
+    client = MlflowClient(tracking_uri=uri)
+    got = client.download_artifacts(run_id, "figures/superres-sr2.png", str(tmp_path / "down"))
+    assert open(got, "rb").read() == figure.read_bytes()
+    assert client.get_run(run_id).info.status == "FINISHED"

@@ -53,5 +53,9 @@ def command(args: argparse.Namespace) -> int:
     plan(budget, suites)
     report = run(budget, suites, Path(args.out), force=args.force, progress=not args.no_progress,
                  figures=not args.no_figures)
+    if getattr(args, "mlflow", False):
+        from pipelines.tracking import log_quality
+
+        report["mlflow_run_id"] = log_quality(Path(args.out), report)
     print(markdown(report) if args.markdown else json.dumps(report, indent=2, sort_keys=True))
     return 0
