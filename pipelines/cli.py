@@ -52,8 +52,11 @@ def _quality_parser(sub) -> None:
                                    "baseline on the same budget, test NLL/ELBO/KL/active units, the papers' claims "
                                    "checked. Results per model in --out; a rerun continues.")
     p.add_argument("--out", default="quality", help="results folder (default ./quality); reruns continue it")
-    p.add_argument("--suites", default="burda,dvae,m2,cvae,zoo", help="comma-separated, from burda, dvae, m2, cvae, zoo, dcign (default all but dcign, "
-                   "which needs --dataset dsprites)")
+    p.add_argument("--suites", default="burda,dvae,m2,cvae,zoo",
+                   help="comma-separated, from burda, dvae, m2, cvae, zoo, dcign, superres, inpaint (default the first "
+                        "five; dcign needs --dataset dsprites)")
+    p.add_argument("--seeds", default="0,1,2", help="superres/inpaint: seeds, one model each, claims judged "
+                                                   "over them (default 0,1,2)")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (Debian package), mnist, or an IDX folder")
     p.add_argument("--data-dir", help="folder of MNIST-layout IDX files for --dataset (e.g. MNIST's)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs of every model (default 5)")
@@ -68,6 +71,8 @@ def _quality_parser(sub) -> None:
                    help="config override for every model, e.g. --set model.latent_dim=50")
     p.add_argument("--force", action="store_true", help="retrain models whose results exist")
     p.add_argument("--no-figures", action="store_true", help="skip the sample and completion PNGs")
+    p.add_argument("--mlflow", action="store_true", help="log quality.json and the figures to an MLflow run "
+                                                         "(experiment vae-zoo-quality; MLFLOW_TRACKING_URI)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown instead of JSON")
 
@@ -297,6 +302,12 @@ def cmd_encode(args) -> int:
     return run(args)
 
 
+def cmd_complete(args) -> int:
+    from pipelines.complete import cmd_complete as run
+
+    return run(args)
+
+
 def cmd_quality(args) -> int:
     from pipelines.quality import command
 
@@ -341,6 +352,10 @@ def make_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-concurrent", type=int, help="trials at once (default: the file's max_concurrent, else 1)")
     w.add_argument("--resume", action="store_true", help="continue the sweep in --output; finished trials are kept")
     w.add_argument("--address", help="Ray cluster to join; default $RAY_ADDRESS, else a local cluster")
+
+    from pipelines.complete.command import add_complete_parser
+
+    add_complete_parser(sub)
     c = sub.add_parser("compare", help="the latest run of each variant on the shared test metrics")
     c.add_argument("--experiment", default="vae-zoo", help="MLflow experiment (default vae-zoo)")
     c.add_argument("--format", default="text", choices=["text", "csv", "markdown"])
@@ -348,7 +363,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample,
-            "compare": cmd_compare, "sweep": cmd_sweep, "encode": cmd_encode, "quality": cmd_quality}
+            "compare": cmd_compare, "sweep": cmd_sweep, "encode": cmd_encode, "quality": cmd_quality,
+            "complete": cmd_complete}
 
 
 def main(argv: list[str] | None = None) -> int:

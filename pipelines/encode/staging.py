@@ -47,12 +47,15 @@ def clean_stale_staging(output: Path) -> list[Path]:
     return removed
 
 
-def _check_replaceable(output: Path) -> None:
-    """--overwrite replaces only a folder of vae-zoo latents (or an empty one): a typo must not
-    delete a home folder."""
+def _check_replaceable(output: Path, folders: tuple[str, ...] = ()) -> None:
+    """--overwrite replaces only a folder of vae-zoo latents (or an empty one; `folders` names
+    subfolders the command itself writes, `vaezoo complete`'s images): a typo must not delete a
+    home folder."""
     if not output.is_dir():
         raise EncodeError(f"{output} exists and is not a folder; remove it yourself")
     for entry in output.iterdir():
+        if entry.is_dir() and entry.name in folders:
+            continue
         if entry.is_file() and entry.suffix == ".parquet":
             try:
                 meta = pq.read_schema(entry).metadata or {}
@@ -83,11 +86,11 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
-def _commit(staging: Path, output: Path, overwrite: bool) -> None:
+def _commit(staging: Path, output: Path, overwrite: bool, folders: tuple[str, ...] = ()) -> None:
     if output.exists() or output.is_symlink():
         if not overwrite:
             raise EncodeError(f"{output} appeared while encoding; pass --overwrite to replace it")
-        _check_replaceable(output)
+        _check_replaceable(output, folders)
         if _exchange(staging, output):
             shutil.rmtree(staging)  # now the old output
             return

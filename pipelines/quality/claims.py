@@ -80,3 +80,26 @@ def findings(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             claim(f"DVAE ({v['options']['corruption']}) has a lower clean-data NLL than the VAE",
                   v["nll"] < r["vae-k1"]["nll"], f"dvae {v['nll']:.2f} vs vae {r['vae-k1']['nll']:.2f}")
     return out + dcign_findings(r)
+
+
+def judge(ours: list[float], baseline: list[float], higher_is_better: bool) -> dict[str, Any]:
+    """A claim over seeds: "holds" only when ours beats the baseline by more than twice the
+    standard error of the difference of the means, with at least 3 seeds each; "does not hold"
+    when the baseline wins by that margin; else "not resolved at this budget"."""
+    import statistics
+
+    n, m = len(ours), len(baseline)
+    if n == 0 or m == 0:
+        raise ValueError("judge needs results of both sides")
+    sign = 1.0 if higher_is_better else -1.0
+    difference = sign * (statistics.fmean(ours) - statistics.fmean(baseline))  # > 0: ours better
+    variance = (statistics.variance(ours) / n if n > 1 else 0.0) + (statistics.variance(baseline) / m if m > 1 else 0.0)
+    standard_error = variance ** 0.5
+    if min(n, m) >= 3 and difference > 2 * standard_error:
+        verdict = "holds"
+    elif min(n, m) >= 3 and -difference > 2 * standard_error:
+        verdict = "does not hold"
+    else:
+        verdict = "not resolved at this budget"
+    return {"verdict": verdict, "difference": difference, "standard_error": standard_error, "seeds": min(n, m),
+            "ours_mean": statistics.fmean(ours), "baseline_mean": statistics.fmean(baseline)}

@@ -21,6 +21,17 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _seeds(args) -> list[int]:
+    text = getattr(args, "seeds", "0,1,2")
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct integers, got {text!r}")
+    return seeds
+
+
 def budget_from_args(args: argparse.Namespace) -> Budget:
     overrides = dict(parse_override(s) for s in args.set)
     for key in overrides:
@@ -32,7 +43,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, nll_samples=args.nll_samples,
                   nll_examples=args.nll_examples, iwae_ks=_int_list(args.iwae_k, "--iwae-k"),
                   m2_labels=_int_list(args.m2_labels, "--m2-labels"), train_limit=args.train_limit,
-                  test_limit=args.test_limit, dcign_seeds=args.dcign_seeds, overrides=overrides)
+                  test_limit=args.test_limit, dcign_seeds=args.dcign_seeds, overrides=overrides,
+                  seeds=_seeds(args))
 
 
 def command(args: argparse.Namespace) -> int:
@@ -42,5 +54,9 @@ def command(args: argparse.Namespace) -> int:
     plan(budget, suites)
     report = run(budget, suites, Path(args.out), force=args.force, progress=not args.no_progress,
                  figures=not args.no_figures)
+    if getattr(args, "mlflow", False):
+        from pipelines.tracking import log_quality
+
+        report["mlflow_run_id"] = log_quality(Path(args.out), report)
     print(markdown(report) if args.markdown else json.dumps(report, indent=2, sort_keys=True))
     return 0

@@ -54,7 +54,9 @@ def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, An
             variant, _ = load_model(models[key])
             factors = list(results[f"dcign-s{seeds[0]}"].get("latent_groups", {})) or list(data.test.factors.names)
             written.append(save_grid(rerender(variant, data, factors), folder / f"dcign-{key}.png", nrow=9))
-    return written
+    from pipelines.quality.applications import write_application_figures
+
+    return written + write_application_figures(out, data, results)
 
 
 @torch.no_grad()

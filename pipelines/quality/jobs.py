@@ -21,6 +21,7 @@ from core.serialization import save_model
 from core.training import train
 from pipelines.processes import pid_alive
 from pipelines.quality.baselines import train_completion_network, train_label_classifier
+from pipelines.quality.applications import findings as application_findings
 from pipelines.quality.claims import findings
 from pipelines.quality.figures import write_figures
 from pipelines.quality.protocol import Budget, Job, job_config, plan
@@ -46,6 +47,9 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
         result.update(metrics, visible_quadrants=job.visible, train_seconds=round(time.perf_counter() - started, 1))
         return result
 
+    if job.kind in ("condition_network", "bicubic"):
+        return result | _application_baseline(job, config, data, out, started)
+
     history: list[dict[str, Any]] = []
 
     def report(metrics, checkpoint):
@@ -61,6 +65,10 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
         examples = max(1, examples // max(1, data.num_classes))
     started = time.perf_counter()
     metrics = evaluate(variant, data.test, nll_samples=budget.nll_samples, nll_examples=examples, progress=progress)
+    if job.suite in ("superres", "inpaint"):
+        from pipelines.quality.applications import conditioner, image_metrics
+
+        metrics.update(image_metrics("cvae", data, conditioner(config, data, job.options), variant, config.train.seed))
     save_model(variant, config, out / "models" / job.key, extra={"test_metrics": metrics})
     if variant.latent_groups() is not None:
         result["latent_groups"] = variant.latent_groups()
@@ -69,6 +77,19 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
                   eval_seconds=round(time.perf_counter() - started, 1),
                   images_per_sec=round(sum(h["train/images_per_sec"] for h in history) / len(history)))
     return result
+
+
+def _application_baseline(job: Job, config, data: PreparedData, out: Path, started: float) -> dict[str, Any]:
+    """superres/inpaint: the deterministic network (trained, weights kept for the figures) or bicubic."""
+    from pipelines.quality.applications import conditioner, image_metrics, train_condition_network
+
+    if job.kind == "bicubic":
+        return image_metrics("bicubic", data, conditioner(config, data, job.options))
+    net, cond, metrics = train_condition_network(config, data, job.options)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(net.state_dict(), out / "models" / f"{job.key}.pt")
+    return metrics | image_metrics("network", data, cond, net) | {
+        "seed": job.seed, "train_seconds": round(time.perf_counter() - started, 1)}
 
 
 def _claim(result_path: Path) -> int | None:
@@ -130,7 +151,7 @@ def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progr
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__},
         "results": results,
-        "findings": findings(results),
+        "findings": findings(results) + application_findings(results),
         "seconds_this_call": round(time.perf_counter() - started, 1),
     }
     if figures:

@@ -8,7 +8,7 @@ from core.config import RunConfig
 from core.factors import is_generated
 
 
-SUITES = ("burda", "dvae", "m2", "cvae", "zoo", "dcign")
+SUITES = ("burda", "dvae", "m2", "cvae", "zoo", "dcign", "superres", "inpaint")
 CORRUPTIONS = ("gaussian", "salt_and_pepper", "masking")
 
 
@@ -27,6 +27,7 @@ class Budget:
     test_limit: int | None = None
     dcign_seeds: int = 3         # dcign suite: each model trained with train.seed 0..dcign_seeds-1
     overrides: dict[str, Any] = field(default_factory=dict)  # --set, applied to every model's config
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # superres/inpaint: one model per seed
 
     def base_config(self) -> RunConfig:
         raw = RunConfig().to_dict()
@@ -47,6 +48,7 @@ class Job:
     labels: int | None = None    # label_classifier: labelled examples
     visible: int | None = None   # completion_network: visible quadrants
     overrides: dict[str, Any] = field(default_factory=dict)  # config fields this job sets (dotted keys)
+    seed: int | None = None      # train.seed of the job (superres, inpaint); None: the budget's
 
 
 def plan(budget: Budget, suites: list[str]) -> list[Job]:
@@ -85,14 +87,20 @@ def plan(budget: Budget, suites: list[str]) -> list[Job]:
                 add(Job(f"vae-conv-s{seed}", suite, "variant", "vae", {}, overrides=conv))
                 add(Job(f"beta4-vae-conv-s{seed}", suite, "variant", "vae", {},
                         overrides=conv | {"objective.name": "elbo", "objective.beta": 4.0}))
+        elif suite in ("superres", "inpaint"):
+            from pipelines.quality.applications import plan_jobs
+
+            for job in plan_jobs(suite, budget.seeds, Job):
+                add(job)
         else:
             raise ValueError(f"unknown suite {suite!r}: choose from {', '.join(SUITES)}")
     return list(jobs.values())
 
 
-
 def job_config(budget: Budget, job: Job) -> RunConfig:
     base = budget.base_config()
+    if job.seed is not None:
+        base = base.with_overrides({"train.seed": job.seed})
     if job.kind != "variant":
         return base
     # The job's variant brings its own default objective (the base config's is the vae's).

@@ -41,6 +41,10 @@ def markdown(report: dict[str, Any]) -> str:
     table(["quadrants given", "CVAE conditional NLL", "deterministic network conditional NLL"],
           [[q, f(get(f"cvae-q{q}", "cond_nll")), f(get(f"network-q{q}", "cond_nll"))]
            for q in (1, 2, 3) if f"cvae-q{q}" in r or f"network-q{q}" in r])
+    apps = [v for v in r.values() if v["suite"] in ("superres", "inpaint")]
+    table(["model", "cond. NLL", "PSNR mean", "SSIM mean", "PSNR best", "SSIM best", "consistency", "diversity"],
+          [[v["key"], f(v.get("cond_nll")), *(f(v.get(f"image_{m}"), 3) for m in (
+              "psnr_mean", "ssim_mean", "psnr_best", "ssim_best", "consistency", "diversity"))] for v in apps])
 
     dcign_table(r, table)
 
@@ -54,8 +58,9 @@ def markdown(report: dict[str, Any]) -> str:
                 f(v.get("cond_nll", v.get("nll"))), f(v["elbo"]), f(v["kl"]),
                 v["active_units"], f(v.get("accuracy"), 4), v["train_seconds"]] for v in models])
     for finding in report["findings"]:
-        status = finding.get("status") or ("holds" if finding["holds"] else "**does not hold**")
-        lines.append(f"- {status}: {finding['claim']} ({finding['evidence']})")
+        verdict = finding.get("verdict") or finding.get("status") or ("holds" if finding["holds"] else "does not hold")
+        verdict = verdict if verdict == "holds" else f"**{verdict}**"
+        lines.append(f"- {verdict}: {finding['claim']} ({finding['evidence']})")
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,8 @@ _EXPORTS = {
     "pyfunc": ["LatentEncoder", "log_model", "signature_for", "NATIVE_ARTIFACT", "MODEL_NAME_IN_RUN"],
     "datasets": ["log_data_inputs", "images_digest"],
     "runs": ["RUN_FILE", "flatten", "git_commit", "package_versions", "start_run", "EpochLogger", "log_final",
-             "backfill_epochs", "end_run", "open_run", "finish_run", "default_model_name"],
+             "backfill_epochs", "end_run", "open_run", "finish_run", "default_model_name", "log_quality",
+             "logged_epochs"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -191,3 +191,17 @@ def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -
 
 def default_model_name(config) -> str:
     return f"{Path(config.data.dataset).name}-{config.variant_name}"
+
+
+def log_quality(out: Path, report: dict[str, Any], experiment: str = "vae-zoo-quality") -> str:
+    """One MLflow run for a `vaezoo quality` call: the findings' verdicts as tags, quality.json
+    and every figure (superres/inpaint rows among them) as artifacts. Returns the run id."""
+    uri = tracking_uri()
+    client = _client(uri)
+    run = client.create_run(experiment_id(uri, experiment), tags={"git_commit": git_commit(), "mlflow.runName": f"quality-{Path(out).name}"})
+    run_id = run.info.run_id
+    client.log_artifact(run_id, str(Path(out) / "quality.json"))
+    for figure in report.get("figures", []):
+        client.log_artifact(run_id, figure, "figures")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
