@@ -14,20 +14,22 @@ sizes, optimiser and number of epochs:
   zoo    the label-conditioned cvae, so that every variant has a row in the shared table
 
 Every model gets the same test metrics: ELBO, KL and active units on the whole test split, and
-the importance-sampled NLL with `nll_samples` samples on its first `nll_examples` images (m2 sums
-its 10 labels out exactly, 10x the decoder work, so it uses a tenth of those images).
+the importance-sampled NLL with `nll_samples` samples on the same first `nll_examples` images for
+every model (m2 included: it sums its 10 labels out exactly, 10x the decoder work).
 
-Results are kept per model in OUT/results/<key>.json, written once the model is evaluated, so an
-interrupted benchmark continues where it stopped, and several processes can share one OUT (each
-model is claimed by one of them: OUT/results/<key>.lock holds its pid); OUT/quality.json holds the whole table and the
-findings, each claim of a paper with whether it holds here and the numbers behind it.
+Every model is trained once per seed (`seeds`, at least 3 for a claim to be judged). Results are
+kept per model and seed in OUT/results/<key>-seed<s>.json, written once the model is evaluated, so
+an interrupted benchmark continues where it stopped, in this session or a later one, and several
+processes can share one OUT (each run is claimed by one of them: its .lock holds the pid).
+OUT/quality.json holds the seed means ± standard errors and the findings: each claim of a paper
+judged by `claims.judge` (holds / does not hold / not resolved at this budget) with its numbers.
 
 The package, by concern: `protocol` (budget, suites, jobs), `baselines` (the papers' baselines),
 `jobs` (running and keeping results), `claims`, `figures`, `report` (markdown), `command`.
 """
 from pipelines.quality.baselines import (classifier_accuracy, completion_network, hidden_pixels_nll, label_classifier,
                                          train_completion_network, train_label_classifier)
-from pipelines.quality.claims import findings
+from pipelines.quality.claims import findings, judge
 from pipelines.quality.command import budget_from_args, command
 from pipelines.quality.figures import write_figures
 from pipelines.quality.jobs import run, run_job
@@ -35,5 +37,5 @@ from pipelines.quality.protocol import CORRUPTIONS, SUITES, Budget, Job, job_con
 from pipelines.quality.report import markdown
 
 __all__ = ["Budget", "CORRUPTIONS", "Job", "SUITES", "budget_from_args", "classifier_accuracy", "command",
-           "completion_network", "findings", "hidden_pixels_nll", "job_config", "label_classifier", "markdown", "plan",
+           "completion_network", "findings", "judge", "hidden_pixels_nll", "job_config", "label_classifier", "markdown", "plan",
            "run", "run_job", "train_completion_network", "train_label_classifier", "write_figures"]

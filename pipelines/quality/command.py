@@ -21,6 +21,16 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds: expected distinct non-negative integers, got {text!r}")
+    return seeds
+
+
 def budget_from_args(args: argparse.Namespace) -> Budget:
     overrides = dict(parse_override(s) for s in args.set)
     for key in overrides:
@@ -32,7 +42,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, nll_samples=args.nll_samples,
                   nll_examples=args.nll_examples, iwae_ks=_int_list(args.iwae_k, "--iwae-k"),
                   m2_labels=_int_list(args.m2_labels, "--m2-labels"), train_limit=args.train_limit,
-                  test_limit=args.test_limit, overrides=overrides)
+                  test_limit=args.test_limit, overrides=overrides, seeds=_seeds(args.seeds))
 
 
 def command(args: argparse.Namespace) -> int:

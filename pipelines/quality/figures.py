@@ -13,14 +13,16 @@ from pipelines.quality.baselines import completion_network
 
 
 @torch.no_grad()
-def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, Any]]) -> list[Path]:
-    """Prior samples of the marginal models, class-conditional samples, quadrant completions."""
+def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, Any]], seed: int = 0) -> list[Path]:
+    """Prior samples of the marginal models, class-conditional samples, quadrant completions, of
+    the models trained with `seed`."""
     from pipelines.images import save_grid
 
     folder = out / "figures"
     written: list[Path] = []
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731  the same draws for every model
-    models = {key: out / "models" / key for key in results if (out / "models" / key / "config.json").exists()}
+    models = {key: out / "models" / f"{key}-seed{seed}" for key in results
+              if (out / "models" / f"{key}-seed{seed}" / "config.json").exists()}
     for key in ("vae-k1", "iwae-k50", "vae-k50", "dvae-gaussian"):
         if key in models:
             variant, _ = load_model(models[key])
@@ -38,7 +40,7 @@ def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, An
         variant, config = load_model(models[key])
         mask = variant.visible_mask
         rows = [test_x, test_x * mask]  # truth, what the models see
-        network_file = out / "models" / f"network-q{q}.pt"
+        network_file = out / "models" / f"network-q{q}-seed{seed}.pt"
         if network_file.exists():
             net = completion_network(config, data.shape)
             net.load_state_dict(torch.load(network_file, weights_only=True))

@@ -1,5 +1,6 @@
-"""Running the planned jobs: one model each, evaluated, its result kept in OUT/results/KEY.json
-under a per-job lock, so several processes can share one OUT and a rerun continues."""
+"""Running the planned jobs: one model at one seed each, evaluated, its result kept in
+OUT/results/KEY-seedS.json under a per-job lock, so several processes can share one OUT and a rerun
+(in this session or a later one) continues; the seeds of each model are then aggregated."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from core.serialization import save_model
 from core.training import train
 from pipelines.processes import pid_alive
 from pipelines.quality.baselines import train_completion_network, train_label_classifier
-from pipelines.quality.claims import findings
+from pipelines.quality.claims import findings, mean_se
 from pipelines.quality.figures import write_figures
 from pipelines.quality.protocol import Budget, Job, job_config, plan
 
@@ -31,8 +32,8 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
     if not progress:
         config = config.with_overrides({"train.progress": False})
     started = time.perf_counter()
-    result: dict[str, Any] = {"key": job.key, "suite": job.suite, "kind": job.kind, "variant": job.variant,
-                              "options": job.options}
+    result: dict[str, Any] = {"key": job.key, "seed": job.seed, "suite": job.suite, "kind": job.kind,
+                              "variant": job.variant, "options": job.options}
     if job.kind == "label_classifier":
         _, metrics = train_label_classifier(config, data, job.labels)
         result.update(metrics, labels=job.labels, train_seconds=round(time.perf_counter() - started, 1))
@@ -40,7 +41,7 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
     if job.kind == "completion_network":
         net, metrics = train_completion_network(config, data, job.visible)
         (out / "models").mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(net.state_dict(), out / "models" / f"{job.key}.pt")  # read back weights-only for the figures
+        atomic_torch_save(net.state_dict(), out / "models" / f"{job.run_key}.pt")  # read back weights-only for the figures
         result.update(metrics, visible_quadrants=job.visible, train_seconds=round(time.perf_counter() - started, 1))
         return result
 
@@ -54,17 +55,40 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
 
     variant = train(config, report=report, data=data)
     train_seconds = time.perf_counter() - started
-    examples = budget.nll_examples
-    if job.variant == "m2":
-        examples = max(1, examples // max(1, data.num_classes))
+    examples = budget.nll_examples  # the same test images for every model, m2 included
     started = time.perf_counter()
     metrics = evaluate(variant, data.test, nll_samples=budget.nll_samples, nll_examples=examples, progress=progress)
-    save_model(variant, config, out / "models" / job.key, extra={"test_metrics": metrics})
+    save_model(variant, config, out / "models" / job.run_key, extra={"test_metrics": metrics})
     result.update(metrics, nll_samples=budget.nll_samples, nll_examples=min(examples, len(data.test)),
                   test_examples=len(data.test), train_seconds=round(train_seconds, 1),
                   eval_seconds=round(time.perf_counter() - started, 1),
-                  images_per_sec=round(sum(h["train/images_per_sec"] for h in history) / len(history)))
+                  images_per_sec=round(sum(h["train/images_per_sec"] for h in history) / len(history)),
+                  curves=[{k: h[k] for k in ("epoch", "train/elbo", "test/elbo") if k in h} for h in history])
     return result
+
+
+NOT_METRICS = {"key", "seed", "suite", "kind", "variant", "options", "curves", "labels", "visible_quadrants"}
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model: what the seeds share, each seed's result (`per_seed`), and the mean and standard
+    error over seeds of every number (`mean`, `se`)."""
+    models: dict[str, dict[str, Any]] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        m = models.setdefault(r["key"], {k: r[k] for k in ("key", "suite", "kind", "variant", "options")} | {"per_seed": {}})
+        m["per_seed"][str(r["seed"])] = {k: v for k, v in r.items() if k not in NOT_METRICS}
+    for m in models.values():
+        names = sorted({n for s in m["per_seed"].values() for n, v in s.items() if isinstance(v, (int, float))})
+        stats = {n: mean_se([s[n] for s in m["per_seed"].values() if isinstance(s.get(n), (int, float))]) for n in names}
+        m["seeds"] = [int(s) for s in m["per_seed"]]
+        m["mean"] = {n: v[0] for n, v in stats.items()}
+        m["se"] = {n: v[1] for n, v in stats.items()}
+    return models
+
+
+def _shared(budget: dict[str, Any]) -> dict[str, Any]:
+    """What every result in one folder must share: the budget less its seeds (more seeds extend it)."""
+    return {k: v for k, v in budget.items() if k != "seeds"}
 
 
 def _claim(result_path: Path) -> int | None:
@@ -95,31 +119,33 @@ def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progr
     budget_file = out / "budget.json"
     if budget_file.exists() and not force:
         previous = json.loads(budget_file.read_text())
-        if previous != asdict(budget):
+        if _shared(previous) != _shared(asdict(budget)):
             # Results made under another budget must not be mixed into one table.
             raise ValueError(f"{out} holds results of another budget ({budget_file}); choose another --out or pass --force")
     atomic_write_json(budget_file, asdict(budget))
     d = budget.base_config().data
     data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
     started = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
+    runs: list[dict[str, Any]] = []
     for i, job in enumerate(jobs, 1):
-        path = out / "results" / f"{job.key}.json"
+        name = job.run_key
+        path = out / "results" / f"{name}.json"
         if path.exists() and not force:
-            results[job.key] = json.loads(path.read_text())
-            print(f"[{i}/{len(jobs)}] {job.key}: kept from {path}", file=sys.stderr, flush=True)
+            runs.append(json.loads(path.read_text()))
+            print(f"[{i}/{len(jobs)}] {name}: kept from {path}", file=sys.stderr, flush=True)
             continue
         holder = _claim(path)
         if holder is not None:
-            print(f"[{i}/{len(jobs)}] {job.key}: being trained by process {holder}, skipped (rerun to include it)",
+            print(f"[{i}/{len(jobs)}] {name}: being trained by process {holder}, skipped (rerun to include it)",
                   file=sys.stderr, flush=True)
             continue
         try:
-            print(f"[{i}/{len(jobs)}] {job.key}: training ({budget.epochs} epochs)", file=sys.stderr, flush=True)
-            results[job.key] = run_job(job, budget, data, out, progress)
-            atomic_write_json(path, results[job.key])
+            print(f"[{i}/{len(jobs)}] {name}: training ({budget.epochs} epochs)", file=sys.stderr, flush=True)
+            runs.append(run_job(job, budget, data, out, progress))
+            atomic_write_json(path, runs[-1])
         finally:
             path.with_suffix(".lock").unlink(missing_ok=True)
+    results = aggregate(runs)
     report = {
         "budget": asdict(budget),
         "config": budget.base_config().to_dict(),
@@ -130,6 +156,6 @@ def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progr
         "seconds_this_call": round(time.perf_counter() - started, 1),
     }
     if figures:
-        report["figures"] = [str(p) for p in write_figures(out, data, results)]
+        report["figures"] = [str(p) for p in write_figures(out, data, results, seed=budget.seeds[0])]
     atomic_write_json(out / "quality.json", report)
     return report

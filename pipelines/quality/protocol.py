@@ -1,6 +1,7 @@
 """The protocol: what every model of a benchmark shares (the budget), and the suites planned into jobs."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ class Budget:
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    epochs: int = 5
+    epochs: int = 10
     nll_samples: int = 5000
     nll_examples: int = 1000
     iwae_ks: list[int] = field(default_factory=lambda: [1, 5, 50])
@@ -25,6 +26,9 @@ class Budget:
     train_limit: int | None = None
     test_limit: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # --set, applied to every model's config
+    # Every model is trained once per seed (train.seed, and with it m2's label draw); claims are
+    # judged on the seed means. Not part of what a results folder must share: more seeds extend it.
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     def base_config(self) -> RunConfig:
         raw = RunConfig().to_dict()
@@ -44,6 +48,12 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)
     labels: int | None = None    # label_classifier: labelled examples
     visible: int | None = None   # completion_network: visible quadrants
+    seed: int = 0
+
+    @property
+    def run_key(self) -> str:
+        """The name of this model at this seed: its results file and model folder."""
+        return f"{self.key}-seed{self.seed}"
 
 
 def plan(budget: Budget, suites: list[str]) -> list[Job]:
@@ -73,12 +83,13 @@ def plan(budget: Budget, suites: list[str]) -> list[Job]:
             add(Job("cvae-label", suite, "variant", "cvae", {"condition": "label"}))
         else:
             raise ValueError(f"unknown suite {suite!r}: choose from {', '.join(SUITES)}")
-    return list(jobs.values())
+    # Seed-major: a partial run holds whole suites at the first seed before any second seed.
+    return [dataclasses.replace(job, seed=seed) for seed in budget.seeds for job in jobs.values()]
 
 
 
 def job_config(budget: Budget, job: Job) -> RunConfig:
-    base = budget.base_config()
+    base = budget.base_config().with_overrides({"train.seed": job.seed})
     if job.kind != "variant":
         return base
     # The job's variant brings its own default objective (the base config's is the vae's).

@@ -1,15 +1,19 @@
-"""The README tables (markdown) from a quality report."""
+"""The README tables (markdown) from a quality report: seed means ± standard errors, the verdicts."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pipelines.quality.protocol import CORRUPTIONS
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The README tables: one per suite, then every model, then the claims."""
+    """The README tables: one per suite, then every model, then the claims with their verdicts."""
     r, b = report["results"], report["budget"]
-    lines: list[str] = []
+    lines: list[str] = [f"Budget: {b['epochs']} epochs; seeds {', '.join(map(str, b.get('seeds', [0])))} "
+                        f"(cells are mean ± standard error over the seeds present, n in the last table); "
+                        f"NLL with k={b['nll_samples']} on the first {b['nll_examples']} test images for every "
+                        f"model (cvae: conditional, `cond_nll`).\n"]
 
     def table(header: list[str], rows: list[list[Any]]) -> None:
         if not rows:
@@ -19,37 +23,37 @@ def markdown(report: dict[str, Any]) -> str:
         lines.extend("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
         lines.append("")
 
-    def f(v, digits=2):
-        return "" if v is None else f"{v:.{digits}f}"
-
-    def get(key, metric):
-        return r.get(key, {}).get(metric)
+    def cell(key: str, metric: str, digits: int = 2, scale: float = 1.0) -> str:
+        m = r.get(key)
+        if m is None or metric not in m["mean"]:
+            return ""
+        mean, se = m["mean"][metric] * scale, m["se"][metric] * abs(scale)
+        return f"{mean:.{digits}f} ± {se:.{digits}f}" if math.isfinite(se) else f"{mean:.{digits}f}"
 
     ks = [k for k in b["iwae_ks"] if f"iwae-k{k}" in r or f"vae-k{k}" in r]
     table(["k", "VAE NLL", "IWAE NLL", "VAE active units", "IWAE active units"],
-          [[k, f(get(f"vae-k{k}", "nll")), f(get(f"iwae-k{k}", "nll")), get(f"vae-k{k}", "active_units") or "",
-            get(f"iwae-k{k}", "active_units") or ""] for k in ks])
+          [[k, cell(f"vae-k{k}", "nll"), cell(f"iwae-k{k}", "nll"), cell(f"vae-k{k}", "active_units", 1),
+            cell(f"iwae-k{k}", "active_units", 1)] for k in ks])
     table(["model", "corruption", "clean test NLL", "ELBO"],
-          [[key, r[key]["options"].get("corruption", "none (vae)"), f(r[key]["nll"]), f(r[key]["elbo"])]
+          [[key, r[key]["options"].get("corruption", "none (vae)"), cell(key, "nll"), cell(key, "elbo")]
            for key in ["vae-k1"] + [f"dvae-{c}" for c in CORRUPTIONS] if key in r and any(k.startswith("dvae") for k in r)])
-    table(["labels", "M2 accuracy", "labels-only classifier accuracy", "M2 error %", "classifier error %"],
-          [[n, f(get(f"m2-n{n}", "accuracy"), 4), f(get(f"classifier-n{n}", "accuracy"), 4),
-            f(100 * (1 - get(f"m2-n{n}", "accuracy")), 2) if f"m2-n{n}" in r else "",
-            f(100 * (1 - get(f"classifier-n{n}", "accuracy")), 2) if f"classifier-n{n}" in r else ""]
+    table(["labels", "M2 accuracy %", "labels-only classifier accuracy %"],
+          [[n, cell(f"m2-n{n}", "accuracy", 2, 100), cell(f"classifier-n{n}", "accuracy", 2, 100)]
            for n in b["m2_labels"] if f"m2-n{n}" in r or f"classifier-n{n}" in r])
     table(["quadrants given", "CVAE conditional NLL", "deterministic network conditional NLL"],
-          [[q, f(get(f"cvae-q{q}", "cond_nll")), f(get(f"network-q{q}", "cond_nll"))]
+          [[q, cell(f"cvae-q{q}", "cond_nll"), cell(f"network-q{q}", "cond_nll")]
            for q in (1, 2, 3) if f"cvae-q{q}" in r or f"network-q{q}" in r])
 
     models = [v for v in r.values() if v["kind"] == "variant"]
     if models:
-        lines.append(f"Every model: NLL with k={b['nll_samples']} on the first {b['nll_examples']} test images "
-                     f"(m2: {max(1, b['nll_examples'] // 10)}; cvae: conditional); ELBO, KL and active units on "
-                     f"the whole test split; training seconds on this machine.\n")
-        table(["model", "options", "NLL", "ELBO", "KL", "active units", "accuracy", "train s"],
-              [[v["key"], ", ".join(f"{k}={x}" for k, x in v["options"].items()),
-                f(v.get("cond_nll", v.get("nll"))), f(v["elbo"]), f(v["kl"]),
-                v["active_units"], f(v.get("accuracy"), 4), v["train_seconds"]] for v in models])
+        lines.append("Every model: ELBO, KL and active units on the whole test split; training seconds per seed on "
+                     "this machine.\n")
+        table(["model", "options", "seeds", "NLL (cvae: cond.)", "ELBO", "KL", "active units", "accuracy %", "train s"],
+              [[v["key"], ", ".join(f"{k}={x}" for k, x in v["options"].items()), len(v["seeds"]),
+                cell(v["key"], "cond_nll" if "cond_nll" in v["mean"] else "nll"), cell(v["key"], "elbo"),
+                cell(v["key"], "kl"), cell(v["key"], "active_units", 1), cell(v["key"], "accuracy", 2, 100),
+                cell(v["key"], "train_seconds", 0)] for v in models])
     for finding in report["findings"]:
-        lines.append(f"- {'holds' if finding['holds'] else '**does not hold**'}: {finding['claim']} ({finding['evidence']})")
+        verdict = finding["verdict"]
+        lines.append(f"- {verdict if verdict == 'holds' else f'**{verdict}**'}: {finding['claim']} ({finding['evidence']})")
     return "\n".join(lines) + "\n"
