@@ -37,6 +37,7 @@ class ConditionalVAE(Variant):
     paper = "Sohn, Lee & Yan 2015, Learning Structured Output Representation using Deep Conditional Generative Models (NeurIPS)"
     description = "Conditions encoder, prior and decoder on a label or on visible quadrants (image completion)"
     Options = CVAEOptions
+    nll_metric = "cond_nll"  # -log p(x|c): not comparable with an unconditional model's nll
 
     def build_vae(self):
         s = self.shape
@@ -66,9 +67,6 @@ class ConditionalVAE(Variant):
             raise ValueError("a quadrant-conditioned cvae generates and decodes only given visible quadrants: "
                              "use complete()")
         return F.one_hot(y, self.num_classes).to(dtype)
-
-    def extra_test_metrics(self, metrics):
-        return {"cond_nll": metrics["nll"]} if "nll" in metrics else {}
 
     @torch.no_grad()
     def complete(self, x, generator=None):

@@ -32,6 +32,7 @@ class M2(Variant):
     description = "Semi-supervised: classifier q(y|x), label summed out on unlabelled data, alpha-weighted classification loss"
     Options = M2Options
     uses_labels = True
+    encode_needs_labels = False  # unlabelled x is encoded under the classifier's label
 
     def build_vae(self):
         if self.num_classes < 2:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from core.data import PreparedData
-from core.datasets import prepare_data
+from core.datasets import prepare_run_data
 from core.evaluation import evaluate
 from core.files import atomic_torch_save, atomic_write_json
 from core.serialization import save_model
@@ -123,8 +123,7 @@ def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progr
             # Results made under another budget must not be mixed into one table.
             raise ValueError(f"{out} holds results of another budget ({budget_file}); choose another --out or pass --force")
     atomic_write_json(budget_file, asdict(budget))
-    d = budget.base_config().data
-    data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
+    data = prepare_run_data(budget.base_config())
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
     for i, job in enumerate(jobs, 1):

@@ -51,7 +51,8 @@ def markdown(report: dict[str, Any]) -> str:
         table(["model", "options", "seeds", "NLL (cvae: cond.)", "ELBO", "KL", "active units", "accuracy %", "train s"],
               [[v["key"], ", ".join(f"{k}={x}" for k, x in v["options"].items()), len(v["seeds"]),
                 cell(v["key"], "cond_nll" if "cond_nll" in v["mean"] else "nll"), cell(v["key"], "elbo"),
-                cell(v["key"], "kl"), cell(v["key"], "active_units", 1), cell(v["key"], "accuracy", 2, 100),
+                cell(v["key"], "kl"),
+                cell(v["key"], "active_units", 1) or cell(v["key"], "cond_active_units", 1) + " (cond.)", cell(v["key"], "accuracy", 2, 100),
                 cell(v["key"], "train_seconds", 0)] for v in models])
     for finding in report["findings"]:
         verdict = finding["verdict"]
