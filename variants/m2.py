@@ -1,9 +1,23 @@
 """Kingma, Rezende, Mohamed & Welling (2014): the semi-supervised M2 model.
 
 Adds a classifier q(y|x) and conditions encoder q(z|x,y) and decoder p(x|y,z) on the label, with
-a uniform p(y). Labelled examples train on the objective's bound of (x, y) plus alpha times the
-classification loss; unlabelled ones sum the label out exactly (core.objectives.LabelEnumerated,
-around whichever objective the config names: the ELBO, or the IWAE bound).
+a uniform p(y). The objective is the paper's eq. 9,
+
+    J_alpha = sum_{(x,y) labelled} L(x,y) + sum_{x unlabelled} U(x) + alpha * E_labelled[log q(y|x)],
+    alpha = 0.1 N,
+
+where L is the objective's bound of (x, y) (+ log p(y)), U sums the label out exactly
+(core.objectives.LabelEnumerated, around whichever objective the config names: the ELBO, or the
+IWAE bound), and N is the number of training examples. Per-example scaling (J divided by N, as the
+authors' code, learn_yz_x_ss.py, divides its minibatch sums by n_tot):
+
+    loss = -(N_l / N) mean_labelled L - ((N - N_l) / N) mean_unlabelled U + (alpha / N) mean_labelled CE
+
+so each term is weighted by how often it occurs, and `alpha` is given per example (option
+`alpha`, default 0.1: alpha = 0.1 N). A step draws one batch of the unlabelled data (the whole
+training split; the labels of its labelled examples are not used there) and a labelled batch of
+`labelled_batch_size` examples beside it; the weights make the step an unbiased estimate of J_alpha
+whatever the ratio of the two batch sizes.
 """
 import torch
 import torch.nn.functional as F
@@ -19,9 +33,9 @@ from core.variant import Batch, Condition, StepOutput, Variant, VariantOptions
 
 class M2Options(VariantOptions):
     num_labels: int = Field(100, ge=1, description="labelled training examples, class-balanced")
-    # Weight of the classification loss. Kingma et al. sum over the data set with alpha = 0.1 N;
-    # rescaled to per-example batch means that is about 0.1 * num_labels, the default (None).
-    alpha: float | None = Field(None, ge=0)
+    # alpha / N, the per-example weight of the mean labelled cross-entropy (eq. 9, alpha = 0.1 N);
+    # None is the paper's 0.1.
+    alpha: float | None = Field(None, ge=0, description="alpha / N of eq. 9 (None: the paper's 0.1)")
     labelled_batch_size: int = Field(64, ge=1)
 
 
@@ -44,8 +58,14 @@ class M2(Variant):
         return VAE(self.model_cfg, self.shape, cond_dim=self.num_classes)
 
     @property
-    def alpha(self) -> float:
-        return self.options.alpha if self.options.alpha is not None else 0.1 * self.options.num_labels
+    def alpha_per_example(self) -> float:
+        """alpha / N of eq. 9."""
+        return self.options.alpha if self.options.alpha is not None else 0.1
+
+    def term_weights(self) -> tuple[float, float]:
+        """(N_l / N, (N - N_l) / N): how often a labelled and an unlabelled example occur."""
+        n, n_l = self.num_train, self.options.num_labels
+        return n_l / n, (n - n_l) / n
 
     def classify(self, x):
         return self.classifier(x).argmax(-1)
@@ -64,6 +84,7 @@ class M2(Variant):
             raise ValueError(f"{self.name} needs a labelled dataset; {source.data.name} has no labels")
         self.labelled = labelled_subset(source.data.labels.cpu(), self.options.num_labels, self.num_classes,
                                         seed=train_cfg.seed).to(source.device)
+        self.num_train = len(source)
 
     def draw_batch(self, source, indices):
         batch = source.batch(indices)
@@ -91,7 +112,8 @@ class M2(Variant):
         labelled = self.terms(Batch(batch.x_labelled, batch.y_labelled), self.objective.samples, training=True)
         l_bound = self.enumerated.labelled_bound(labelled)
         ce = F.cross_entropy(self.classifier(batch.x_labelled), batch.y_labelled)
-        loss = -(u_bound.mean() + l_bound.mean()) + self.alpha * ce
+        w_labelled, w_unlabelled = self.term_weights()
+        loss = -(w_labelled * l_bound.mean() + w_unlabelled * u_bound.mean()) + self.alpha_per_example * ce
         # kl: everything the bound takes off the reconstruction
         metrics = {"bound": u_bound.mean(), "elbo": u_bound.mean(), "kl": (u_recon - u_bound).mean(),
                    "recon": u_recon.mean(), f"labelled_{self.objective.name}": l_bound.mean(),

@@ -1,0 +1,47 @@
+"""M2's loss is Kingma et al. (2014) eq. 9, per example: each term weighted by how often it occurs
+(N_l / N labelled, (N - N_l) / N unlabelled) and the cross-entropy by alpha / N = 0.1."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import NUM_CLASSES, make_dataset, small_config
+from core.batches import Batch, TrainingSource
+from core.model import VAE
+from core.serialization import build_variant
+
+
+@pytest.mark.parametrize("alpha, ce_weight", [(None, 0.1), (2.0, 2.0)])
+def test_m2_loss_equals_a_direct_computation_of_eq_9(monkeypatch, alpha, ce_weight):
+    n, n_labelled = 64, 8
+    config = small_config("m2", options={"num_labels": n_labelled, "alpha": alpha}, latent_dim=3)
+    train_set = make_dataset(n, seed=0)
+    torch.manual_seed(0)
+    m2 = build_variant(config, train_set.shape, NUM_CLASSES)
+    m2.prepare_training(TrainingSource(train_set, dynamic=True, device=torch.device("cpu")), config.train)
+    # z at the posterior mean: every term deterministic, so the two computations must agree exactly
+    monkeypatch.setattr(VAE, "sample_latent", staticmethod(lambda mean, logvar, k=1, generator=None:
+                                                            mean.expand(k, *mean.shape)))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.4), generator=gen)
+    x_l = torch.bernoulli(torch.full((3, 1, 8, 8), 0.6), generator=gen)
+    y_l = torch.tensor([0, 2, 3])
+    loss = m2.losses(Batch(x, None, x_l, y_l), ("model",))["model"].loss
+
+    def bound(x, y):  # L(x, y) = log p(x|y,z) + log p(y) - KL(q(z|x,y) || p(z)), z = the mean
+        c = F.one_hot(y, NUM_CLASSES).float()
+        mean, logvar = m2.vae.encoder(x, c)
+        p = torch.sigmoid(m2.vae.decoder(mean, c))
+        log_px = (x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2, 3))
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+        return log_px + math.log(1 / NUM_CLASSES) - kl
+
+    qy = F.softmax(m2.classifier(x), -1)
+    every = torch.stack([bound(x, torch.full((5,), y)) for y in range(NUM_CLASSES)], 1)  # (B, Y)
+    unlabelled = (qy * every).sum(1) - (qy * qy.log()).sum(1)  # U(x): label summed out, + entropy
+    cross_entropy = -F.log_softmax(m2.classifier(x_l), -1)[torch.arange(3), y_l].mean()
+    eq9 = (n_labelled / n) * bound(x_l, y_l).mean() + ((n - n_labelled) / n) * unlabelled.mean()
+    assert loss.item() == pytest.approx((-eq9 + ce_weight * cross_entropy).item(), rel=1e-5)
