@@ -45,3 +45,32 @@ def test_m2_loss_equals_a_direct_computation_of_eq_9(monkeypatch, alpha, ce_weig
     cross_entropy = -F.log_softmax(m2.classifier(x_l), -1)[torch.arange(3), y_l].mean()
     eq9 = (n_labelled / n) * bound(x_l, y_l).mean() + ((n - n_labelled) / n) * unlabelled.mean()
     assert loss.item() == pytest.approx((-eq9 + ce_weight * cross_entropy).item(), rel=1e-5)
+
+
+def test_m1_plus_m2_models_the_frozen_m1_posterior_means(tmp_path, prepared):
+    from core.evaluation import evaluate
+    from core.serialization import load_model, save_model
+    from core.training import train
+
+    m1_config = small_config("vae", epochs=1, latent_dim=3)
+    m1 = train(m1_config, report=lambda m, c: None, data=prepared)
+    save_model(m1, m1_config, tmp_path / "m1")
+    config = small_config("m2", options={"num_labels": 16, "m1_run": str(tmp_path / "m1")}, epochs=1)
+    m1m2 = train(config, report=lambda m, c: None, data=prepared)
+
+    # M2 sits on M1's 3 latent means with a Gaussian likelihood; M1 itself is not trained further
+    assert m1m2.vae.shape.as_tuple() == (1, 1, 3) and m1m2.vae.cfg.likelihood == "gaussian"
+    for name, value in m1.vae.state_dict().items():
+        assert torch.equal(m1m2.m1.state_dict()[name], value), name
+    x = prepared.test.images[:6].float() / 255
+    with torch.no_grad():
+        means, _ = m1.vae.encode(x)
+        assert torch.equal(m1m2.represent(x), means.view(6, 1, 1, 3))
+    metrics = evaluate(m1m2, prepared.test, nll_samples=5, nll_examples=16)
+    assert "nll" not in metrics and metrics["m1_latent_nll"] == metrics["m1_latent_nll"]  # a latent density, named so
+    assert 0 <= metrics["accuracy"] <= 1
+    assert m1m2.sample(4, generator=torch.Generator().manual_seed(0)).shape == (4, *prepared.shape.as_tuple())
+
+    save_model(m1m2, config, tmp_path / "m1m2")
+    loaded, _ = load_model(tmp_path / "m1m2")
+    assert torch.equal(loaded.classify(x), m1m2.classify(x))

@@ -136,7 +136,7 @@ def test_findings_judge_each_claim_against_its_own_baseline_over_the_seeds():
 
     from pipelines.quality import markdown
     text = markdown({"results": results, "budget": asdict(Budget(m2_labels=[100])), "findings": findings(results)})
-    assert "| 100 | 72.00 ± 1.15 | 72.33 ± 0.88 |" in text.splitlines()
+    assert "| 100 | 72.00 ± 1.15 |  | 72.33 ± 0.88 |" in text.splitlines()  # no M1+M2 result here
     assert "- **not resolved at this budget**: M2 beats the labels-only classifier with 100 labels" in text
 
 
@@ -147,7 +147,9 @@ def test_vaezoo_quality_runs_every_suite_checks_claims_and_continues(idx_folder,
             "--seeds", "0", "--set", "train.batch_size=64"]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
-    expected = {j.key for j in plan(Budget(iwae_ks=[1, 3], m2_labels=[8, 16]), ["burda", "dvae", "m2", "cvae", "zoo"])}
+    expected = {j.key for j in plan(Budget(iwae_ks=[1, 3], m2_labels=[8, 16]),
+                                    ["burda", "dvae", "m2", "m1m2", "cvae", "zoo"])}
+    assert {"m1m2-n8", "m1m2-n16"} <= expected
     assert set(report["results"]) == expected
     assert report["config"]["train"]["batch_size"] == 64 and report["budget"]["epochs"] == 1
     for key, model in report["results"].items():
@@ -160,9 +162,11 @@ def test_vaezoo_quality_runs_every_suite_checks_claims_and_continues(idx_folder,
         assert r["nll_examples"] == 128  # the same images for every model, m2 included
         # The k-sample estimate sits between the true NLL and -ELBO (128 of the 128 test images):
         # allow Monte-Carlo noise only. A cvae's is conditional, and named so.
-        nll = "cond_nll" if model["variant"] == "cvae" else "nll"
+        nll = {"cvae": "cond_nll"}.get(model["variant"], "m1_latent_nll" if key.startswith("m1m2") else "nll")
         assert "nll" not in r or nll == "nll"
         assert r[nll] <= -r["elbo"] + 1.0, key
+    m1m2 = report["results"]["m1m2-n8"]
+    assert m1m2["options"]["m1_run"] == str((out / "models" / "vae-k1-seed0").resolve())
     mean = {key: m["mean"] for key, m in report["results"].items()}
     for n in (8, 16):
         assert 0 <= mean[f"m2-n{n}"]["accuracy"] <= 1

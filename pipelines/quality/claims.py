@@ -86,6 +86,8 @@ def findings(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             if f"classifier-n{n}" in r:
                 claim(f"{what} beats the labels-only classifier with {n} labels (test accuracy)", key,
                       f"classifier-n{n}", "accuracy", True, 4)
+            if what == "M1+M2" and f"m2-n{n}" in r:
+                claim(f"M1+M2 beats M2 with {n} labels (test accuracy)", key, f"m2-n{n}", "accuracy", True, 4)
         if v.get("variant") == "cvae" and v["options"].get("condition") == "quadrants":
             q = v["options"]["visible_quadrants"]
             if f"network-q{q}" in r:

@@ -42,7 +42,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     return Budget(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, nll_samples=args.nll_samples,
                   nll_examples=args.nll_examples, iwae_ks=_int_list(args.iwae_k, "--iwae-k"),
                   m2_labels=_int_list(args.m2_labels, "--m2-labels"), train_limit=args.train_limit,
-                  test_limit=args.test_limit, overrides=overrides, seeds=_seeds(args.seeds))
+                  test_limit=args.test_limit, overrides=overrides, seeds=_seeds(args.seeds),
+                  m2_options=dict(parse_override(s) for s in args.m2_set))
 
 
 def command(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ OUT/results/KEY-seedS.json under a per-job lock, so several processes can share 
 (in this session or a later one) continues; the seeds of each model are then aggregated."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -28,6 +29,11 @@ from pipelines.quality.protocol import Budget, Job, job_config, plan
 
 
 def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: bool) -> dict[str, Any]:
+    if "m1_run" in job.options:  # M1+M2: the vae of this seed, in this results folder
+        m1 = (out / job.options["m1_run"].format(seed=job.seed)).resolve()
+        if not (m1 / "config.json").exists():
+            raise ValueError(f"{job.run_key}: its M1 ({m1}) is not trained yet (another process holds it?); rerun")
+        job = dataclasses.replace(job, options=job.options | {"m1_run": str(m1)})
     config = job_config(budget, job)
     if not progress:
         config = config.with_overrides({"train.progress": False})

@@ -8,7 +8,9 @@ from typing import Any
 from core.config import RunConfig
 
 
-SUITES = ("burda", "dvae", "m2", "cvae", "zoo")
+SUITES = ("burda", "dvae", "m2", "m1m2", "cvae", "zoo")
+# Where an M1+M2 job finds its M1, relative to the results folder: the vae of the same seed.
+M1_RUN = "models/vae-k1-seed{seed}"
 CORRUPTIONS = ("gaussian", "salt_and_pepper", "masking")
 
 
@@ -29,6 +31,8 @@ class Budget:
     # Every model is trained once per seed (train.seed, and with it m2's label draw); claims are
     # judged on the seed means. Not part of what a results folder must share: more seeds extend it.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # m2 options for the m2 and m1m2 suites' models (ablations: alpha, labelled_batch_size).
+    m2_options: dict[str, Any] = field(default_factory=dict)
 
     def base_config(self) -> RunConfig:
         raw = RunConfig().to_dict()
@@ -73,7 +77,12 @@ def plan(budget: Budget, suites: list[str]) -> list[Job]:
                 add(Job(f"dvae-{corruption}", suite, "variant", "dvae", {"corruption": corruption}))
         elif suite == "m2":
             for n in budget.m2_labels:
-                add(Job(f"m2-n{n}", suite, "variant", "m2", {"num_labels": n}))
+                add(Job(f"m2-n{n}", suite, "variant", "m2", {"num_labels": n, **budget.m2_options}))
+                add(Job(f"classifier-n{n}", suite, "label_classifier", labels=n))
+        elif suite == "m1m2":  # M2 on the latent means of the seed's vae (trained first, shared with burda)
+            add(Job("vae-k1", suite, "variant", "vae", {"samples": 1}))
+            for n in budget.m2_labels:
+                add(Job(f"m1m2-n{n}", suite, "variant", "m2", {"num_labels": n, **budget.m2_options, "m1_run": M1_RUN}))
                 add(Job(f"classifier-n{n}", suite, "label_classifier", labels=n))
         elif suite == "cvae":
             for q in (1, 2, 3):

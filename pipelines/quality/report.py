@@ -37,8 +37,9 @@ def markdown(report: dict[str, Any]) -> str:
     table(["model", "corruption", "clean test NLL", "ELBO"],
           [[key, r[key]["options"].get("corruption", "none (vae)"), cell(key, "nll"), cell(key, "elbo")]
            for key in ["vae-k1"] + [f"dvae-{c}" for c in CORRUPTIONS] if key in r and any(k.startswith("dvae") for k in r)])
-    table(["labels", "M2 accuracy %", "labels-only classifier accuracy %"],
-          [[n, cell(f"m2-n{n}", "accuracy", 2, 100), cell(f"classifier-n{n}", "accuracy", 2, 100)]
+    table(["labels", "M2 accuracy %", "M1+M2 accuracy %", "labels-only classifier accuracy %"],
+          [[n, cell(f"m2-n{n}", "accuracy", 2, 100), cell(f"m1m2-n{n}", "accuracy", 2, 100),
+            cell(f"classifier-n{n}", "accuracy", 2, 100)]
            for n in b["m2_labels"] if f"m2-n{n}" in r or f"classifier-n{n}" in r])
     table(["quadrants given", "CVAE conditional NLL", "deterministic network conditional NLL"],
           [[q, cell(f"cvae-q{q}", "cond_nll"), cell(f"network-q{q}", "cond_nll")]
@@ -48,9 +49,9 @@ def markdown(report: dict[str, Any]) -> str:
     if models:
         lines.append("Every model: ELBO, KL and active units on the whole test split; training seconds per seed on "
                      "this machine.\n")
-        table(["model", "options", "seeds", "NLL (cvae: cond.)", "ELBO", "KL", "active units", "accuracy %", "train s"],
-              [[v["key"], ", ".join(f"{k}={x}" for k, x in v["options"].items()), len(v["seeds"]),
-                cell(v["key"], "cond_nll" if "cond_nll" in v["mean"] else "nll"), cell(v["key"], "elbo"),
+        table(["model", "options", "seeds", "NLL (cvae: cond.; M1+M2: of M1's latents)", "ELBO", "KL", "active units", "accuracy %", "train s"],
+              [[v["key"], ", ".join(f"{k}={x}" for k, x in v["options"].items() if k != "m1_run"), len(v["seeds"]),
+                cell(v["key"], next((n for n in ("nll", "cond_nll", "m1_latent_nll") if n in v["mean"]), "nll")), cell(v["key"], "elbo"),
                 cell(v["key"], "kl"),
                 cell(v["key"], "active_units", 1) or cell(v["key"], "cond_active_units", 1) + " (cond.)", cell(v["key"], "accuracy", 2, 100),
                 cell(v["key"], "train_seconds", 0)] for v in models])
