@@ -50,8 +50,11 @@ def _quality_parser(sub) -> None:
                                    "baseline on the same budget, test NLL/ELBO/KL/active units, the papers' claims "
                                    "checked. Results per model in --out; a rerun continues.")
     p.add_argument("--out", default="quality", help="results folder (default ./quality); reruns continue it")
-    p.add_argument("--suites", default="burda,dvae,m2,m1m2,cvae,zoo",
-                   help="comma-separated, from burda, dvae, m2, m1m2, cvae, zoo (default all)")
+    p.add_argument("--suites", default="burda,dvae,dvae-small,m2,m1m2,cvae,zoo",
+                   help="comma-separated, from burda, dvae, dvae-small, m2, m1m2, cvae, zoo (default all)")
+    p.add_argument("--small-train-limit", type=int, default=1000,
+                   help="dvae-small: training images, few enough that the vae overfits (default 1000)")
+    p.add_argument("--small-epochs", type=int, default=100, help="dvae-small: epochs (default 100)")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (Debian package), mnist, or an IDX folder")
     p.add_argument("--data-dir", help="folder of MNIST-layout IDX files for --dataset (e.g. MNIST's)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs of every model (default 10)")

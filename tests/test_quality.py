@@ -144,11 +144,11 @@ def test_vaezoo_quality_runs_every_suite_checks_claims_and_continues(idx_folder,
     out = tmp_path / "quality"
     args = ["quality", "--dataset", str(idx_folder), "--out", str(out), "--epochs", "1", "--nll-samples", "20",
             "--nll-examples", "128", "--iwae-k", "1,3", "--m2-labels", "8,16", "--no-progress",
-            "--seeds", "0", "--set", "train.batch_size=64"]
+            "--seeds", "0", "--small-train-limit", "64", "--small-epochs", "2", "--set", "train.batch_size=64"]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     expected = {j.key for j in plan(Budget(iwae_ks=[1, 3], m2_labels=[8, 16]),
-                                    ["burda", "dvae", "m2", "m1m2", "cvae", "zoo"])}
+                                    ["burda", "dvae", "dvae-small", "m2", "m1m2", "cvae", "zoo"])}
     assert {"m1m2-n8", "m1m2-n16"} <= expected
     assert set(report["results"]) == expected
     assert report["config"]["train"]["batch_size"] == 64 and report["budget"]["epochs"] == 1
@@ -165,6 +165,14 @@ def test_vaezoo_quality_runs_every_suite_checks_claims_and_continues(idx_folder,
         nll = {"cvae": "cond_nll"}.get(model["variant"], "m1_latent_nll" if key.startswith("m1m2") else "nll")
         assert "nll" not in r or nll == "nll"
         assert r[nll] <= -r["elbo"] + 1.0, key
+    small = report["results"]["vae-small"]["per_seed"]["0"]  # dvae-small: its own training subset and epochs
+    assert small["train_images"] == 64 and [c["epoch"] for c in small["curves"]] == [1, 2]
+    assert small["train_elbo"] == small["curves"][-1]["train/elbo"]
+    diwae = report["results"]["diwae-small-0.1"]
+    assert diwae["variant"] == "dvae" and diwae["options"]["noise_level"] == 0.1
+    assert {f["claim"] for f in report["findings"]} >= {
+        "The vae overfits on 64 training images (train ELBO above test ELBO)",
+        "DIWAE (noise 0.1, k=5) has a lower clean test NLL than the IWAE (k=5) on the small training set"}
     m1m2 = report["results"]["m1m2-n8"]
     assert m1m2["options"]["m1_run"] == str((out / "models" / "vae-k1-seed0").resolve())
     mean = {key: m["mean"] for key, m in report["results"].items()}

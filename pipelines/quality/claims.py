@@ -70,7 +70,7 @@ def findings(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     f"{_pm(j['difference'], j['difference_se'], digits)}, seeds {j['seeds'][0]}/{j['seeds'][1]}")
         out.append({"claim": text, "verdict": j["verdict"], "evidence": evidence, "judgement": j})
 
-    iwae_ks = sorted(v["options"]["k"] for v in r.values() if v.get("variant") == "iwae")
+    iwae_ks = sorted(v["options"]["k"] for key, v in r.items() if key.startswith("iwae-k"))  # the burda suite
     for small, large in zip(iwae_ks, iwae_ks[1:]):
         claim(f"IWAE test NLL falls from k={small} to k={large}", f"iwae-k{large}", f"iwae-k{small}", "nll", False)
     for k in iwae_ks:
@@ -96,4 +96,19 @@ def findings(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if v.get("variant") == "dvae" and "vae-k1" in r:
             claim(f"DVAE ({v['options']['corruption']}) has a lower clean-data NLL than the VAE",
                   key, "vae-k1", "nll", False)
+    if "vae-small" in r:
+        n = next(iter(r["vae-small"]["per_seed"].values())).get("train_images")
+        ours, base = values("vae-small", "train_elbo"), values("vae-small", "elbo")
+        if ours and base:  # the premise of the dvae-small claims: train ELBO pulls away from test ELBO
+            j = judge(ours, base, True)
+            out.append({"claim": f"The vae overfits on {n} training images (train ELBO above test ELBO)",
+                        "verdict": j["verdict"], "judgement": j,
+                        "evidence": f"train {_pm(j['ours_mean'], j['ours_se'], 2)} vs test {_pm(j['baseline_mean'], j['baseline_se'], 2)}"})
+        for key, v in sorted(r.items()):
+            if key.startswith("dvae-small-"):
+                claim(f"DVAE (Gaussian noise {v['options']['noise_level']}) has a lower clean test NLL than the VAE "
+                      f"on {n} training images", key, "vae-small", "nll", False)
+    if "diwae-small-0.1" in r and "iwae-small-k5" in r:
+        claim("DIWAE (noise 0.1, k=5) has a lower clean test NLL than the IWAE (k=5) on the small training set",
+              "diwae-small-0.1", "iwae-small-k5", "nll", False)
     return out

@@ -36,14 +36,15 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     for key in overrides:
         if key.split(".")[0] in ("variant", "variant_name"):
             raise ValueError(f"--set {key}: the suites choose each model's variant options; --set is for model.*, data.*, train.*")
-    for flag in ("epochs", "nll_samples", "nll_examples"):
+    for flag in ("epochs", "nll_samples", "nll_examples", "small_train_limit", "small_epochs"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
     return Budget(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, nll_samples=args.nll_samples,
                   nll_examples=args.nll_examples, iwae_ks=_int_list(args.iwae_k, "--iwae-k"),
                   m2_labels=_int_list(args.m2_labels, "--m2-labels"), train_limit=args.train_limit,
                   test_limit=args.test_limit, overrides=overrides, seeds=_seeds(args.seeds),
-                  m2_options=dict(parse_override(s) for s in args.m2_set))
+                  m2_options=dict(parse_override(s) for s in args.m2_set),
+                  small_train_limit=args.small_train_limit, small_epochs=args.small_epochs)
 
 
 def command(args: argparse.Namespace) -> int:

@@ -59,6 +59,8 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
             print(f"  {job.key} epoch {metrics['epoch']}: train bound {metrics.get('train/bound', float('nan')):.2f}, "
                   f"test ELBO {metrics.get('test/elbo', float('nan')):.2f}", file=sys.stderr, flush=True)
 
+    if job.train_limit is not None:  # dvae-small: the first train_limit images, the same test images
+        data = dataclasses.replace(data, train=data.train.take(job.train_limit))
     variant = train(config, report=report, data=data)
     train_seconds = time.perf_counter() - started
     examples = budget.nll_examples  # the same test images for every model, m2 included
@@ -69,11 +71,12 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
                   test_examples=len(data.test), train_seconds=round(train_seconds, 1),
                   eval_seconds=round(time.perf_counter() - started, 1),
                   images_per_sec=round(sum(h["train/images_per_sec"] for h in history) / len(history)),
+                  train_elbo=history[-1].get("train/elbo"), epochs=len(history), train_images=len(data.train),
                   curves=[{k: h[k] for k in ("epoch", "train/elbo", "test/elbo") if k in h} for h in history])
     return result
 
 
-NOT_METRICS = {"key", "seed", "suite", "kind", "variant", "options", "curves", "labels", "visible_quadrants"}
+NOT_METRICS = {"key", "seed", "suite", "kind", "variant", "options", "labels", "visible_quadrants"}
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

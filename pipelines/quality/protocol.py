@@ -8,7 +8,9 @@ from typing import Any
 from core.config import RunConfig
 
 
-SUITES = ("burda", "dvae", "m2", "m1m2", "cvae", "zoo")
+SUITES = ("burda", "dvae", "dvae-small", "m2", "m1m2", "cvae", "zoo")
+# dvae-small: Gaussian corruption standard deviations, on a training subset small enough to overfit.
+NOISE_LEVELS = (0.05, 0.1, 0.25)
 # Where an M1+M2 job finds its M1, relative to the results folder: the vae of the same seed.
 M1_RUN = "models/vae-k1-seed{seed}"
 CORRUPTIONS = ("gaussian", "salt_and_pepper", "masking")
@@ -33,6 +35,9 @@ class Budget:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # m2 options for the m2 and m1m2 suites' models (ablations: alpha, labelled_batch_size).
     m2_options: dict[str, Any] = field(default_factory=dict)
+    # dvae-small: where a vae overfits (Im et al.'s mechanism): this many training images, this many epochs.
+    small_train_limit: int = 1000
+    small_epochs: int = 100
 
     def base_config(self) -> RunConfig:
         raw = RunConfig().to_dict()
@@ -53,6 +58,9 @@ class Job:
     labels: int | None = None    # label_classifier: labelled examples
     visible: int | None = None   # completion_network: visible quadrants
     seed: int = 0
+    objective: dict[str, Any] | None = None  # None: the variant's own default
+    train_limit: int | None = None  # this job's training images (dvae-small), else the budget's
+    epochs: int | None = None
 
     @property
     def run_key(self) -> str:
@@ -75,6 +83,15 @@ def plan(budget: Budget, suites: list[str]) -> list[Job]:
             add(Job("vae-k1", suite, "variant", "vae", {"samples": 1}))
             for corruption in CORRUPTIONS:
                 add(Job(f"dvae-{corruption}", suite, "variant", "dvae", {"corruption": corruption}))
+        elif suite == "dvae-small":
+            small = {"train_limit": budget.small_train_limit, "epochs": budget.small_epochs}
+            add(Job("vae-small", suite, "variant", "vae", {"samples": 1}, **small))
+            for level in NOISE_LEVELS:
+                add(Job(f"dvae-small-{level}", suite, "variant", "dvae", {"corruption": "gaussian", "noise_level": level},
+                        **small))
+            add(Job("iwae-small-k5", suite, "variant", "iwae", {}, objective={"name": "iwae", "k": 5}, **small))
+            add(Job("diwae-small-0.1", suite, "variant", "dvae", {"corruption": "gaussian", "noise_level": 0.1},
+                    objective={"name": "iwae", "k": 5}, **small))  # Im et al.'s DIWAE
         elif suite == "m2":
             for n in budget.m2_labels:
                 add(Job(f"m2-n{n}", suite, "variant", "m2", {"num_labels": n, **budget.m2_options}))
@@ -102,5 +119,9 @@ def job_config(budget: Budget, job: Job) -> RunConfig:
     if job.kind != "variant":
         return base
     # The job's variant brings its own default objective (the base config's is the vae's).
-    raw = base.to_dict() | {"variant_name": job.variant, "variant": dict(job.options), "objective": None}
+    raw = base.to_dict() | {"variant_name": job.variant, "variant": dict(job.options), "objective": job.objective}
+    if job.epochs is not None:
+        raw["train"]["epochs"] = job.epochs
+    if job.train_limit is not None:
+        raw["data"]["train_limit"] = job.train_limit
     return RunConfig.from_dict(raw)

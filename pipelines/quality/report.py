@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipelines.quality.protocol import CORRUPTIONS
+from pipelines.quality.protocol import CORRUPTIONS, NOISE_LEVELS
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -37,6 +37,11 @@ def markdown(report: dict[str, Any]) -> str:
     table(["model", "corruption", "clean test NLL", "ELBO"],
           [[key, r[key]["options"].get("corruption", "none (vae)"), cell(key, "nll"), cell(key, "elbo")]
            for key in ["vae-k1"] + [f"dvae-{c}" for c in CORRUPTIONS] if key in r and any(k.startswith("dvae") for k in r)])
+    table(["model (small training set)", "objective", "noise sd", "clean test NLL", "test ELBO", "train ELBO (last epoch)"],
+          [[key, "iwae k=5" if key.startswith(("iwae", "diwae")) else "elbo", r[key]["options"].get("noise_level", "none"),
+            cell(key, "nll"), cell(key, "elbo"), cell(key, "train_elbo")]
+           for key in ["vae-small", *[f"dvae-small-{lv}" for lv in NOISE_LEVELS], "iwae-small-k5", "diwae-small-0.1"]
+           if key in r])
     table(["labels", "M2 accuracy %", "M1+M2 accuracy %", "labels-only classifier accuracy %"],
           [[n, cell(f"m2-n{n}", "accuracy", 2, 100), cell(f"m1m2-n{n}", "accuracy", 2, 100),
             cell(f"classifier-n{n}", "accuracy", 2, 100)]
