@@ -201,11 +201,33 @@ def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -
     if register_name:
         from pipelines.mlflow_model import register
 
-        info.update(register(uri, register_name, model_uri, run_id, float(results["nll"])))
+        definition = metric_definition(config)
+        info.update(register(uri, register_name, model_uri, run_id, float(results[definition.split("|")[1]]), definition))
         info["registered_model"] = register_name
     end_run(uri, run_id)
     return info
 
 
+def model_kind(config) -> str:
+    """The variant with what changes its NLL's meaning: cvae's condition (label, quadrants1..3),
+    m2 on an M1's latents (m1m2)."""
+    options = config.variant
+    if config.variant_name == "cvae":
+        q = options.get("visible_quadrants") if options.get("condition") == "quadrants" else ""
+        return f"cvae-{options.get('condition', 'label')}{q}"
+    if config.variant_name == "m2" and options.get("m1_run"):
+        return "m1m2"
+    return config.variant_name
+
+
+def metric_definition(config) -> str:
+    """What a registered model's test NLL measures: kind|metric|likelihood|binarisation. Champions
+    are compared only within one definition."""
+    from core.registry import get_variant
+
+    metric = {"m1m2": "m1_latent_nll"}.get(model_kind(config), get_variant(config.variant_name).nll_metric)
+    return f"{model_kind(config)}|{metric}|{config.model.likelihood}|{config.data.binarize}"
+
+
 def default_model_name(config) -> str:
-    return f"{Path(config.data.dataset).name}-{config.variant_name}"
+    return f"{Path(config.data.dataset).name}-{model_kind(config)}"
