@@ -7,8 +7,11 @@ sizes, optimiser and number of epochs:
          (Burda, Grosse & Salakhutdinov 2016, Table 1)
   dvae   the dvae for each corruption against the vae (k=1), both scored on clean test data
          (Im, Ahn, Memisevic & Bengio 2017)
-  m2     m2 test accuracy with N labels against a classifier of the same size trained on the N
-         labels alone (Kingma, Rezende, Mohamed & Welling 2014, Table 1)
+  dvae-small  where the vae overfits (the first 1,000 training images, 100 epochs): vae, dvae at
+         Gaussian noise 0.05/0.1/0.25, iwae (k=5) and DIWAE (dvae on the k=5 bound), clean test NLL
+  m2     m2 (eq. 9) test accuracy with N labels against a classifier of the same size trained on
+         the N labels alone (Kingma, Rezende, Mohamed & Welling 2014, Table 1)
+  m1m2   M2 on the posterior means of the same seed's vae (their M1+M2), against the same classifier
   cvae   conditional NLL of the hidden quadrants given 1, 2 or 3 visible ones, against a
          deterministic network that predicts them (Sohn, Lee & Yan 2015, Table 1)
   zoo    the label-conditioned cvae, so that every variant has a row in the shared table
