@@ -74,3 +74,22 @@ def test_m1_plus_m2_models_the_frozen_m1_posterior_means(tmp_path, prepared):
     save_model(m1m2, config, tmp_path / "m1m2")
     loaded, _ = load_model(tmp_path / "m1m2")
     assert torch.equal(loaded.classify(x), m1m2.classify(x))
+
+
+def test_m2_active_units_are_unconditional_encoded_under_its_classifiers_label(prepared):
+    from core.evaluation import active_units, evaluate
+
+    config = small_config("m2", options={"num_labels": 16}, latent_dim=4)
+    torch.manual_seed(3)
+    m2 = build_variant(config, prepared.shape, NUM_CLASSES).eval()
+    x, y = prepared.test.images.float() / 255, prepared.test.labels
+    with torch.no_grad():
+        guessed = F.one_hot(m2.classifier(x).argmax(-1), NUM_CLASSES).float()
+        means = m2.vae.encode(x, guessed)[0].double()
+        true_means = m2.vae.encode(x, F.one_hot(y, NUM_CLASSES).float())[0].double()
+    assert not torch.equal(means, true_means)  # the classifier's labels are not the true ones here
+    metrics = evaluate(m2, prepared.test)
+    assert "cond_active_units" not in metrics
+    # the default threshold (0.01) on the same means: recomputed exactly
+    assert metrics["active_units"] == active_units(torch.tensor(float(len(x)), dtype=torch.float64),
+                                                   means.sum(0), means.pow(2).sum(0))

@@ -210,6 +210,7 @@ def test_vaezoo_quality_runs_every_suite_checks_claims_and_continues(idx_folder,
     (["--suites", "burda,gan"], "unknown suite 'gan'"),
     (["--iwae-k", "1,x"], "--iwae-k"),
     (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--seeds", "0,0"], "--seeds: expected distinct"),
 ])
 def test_bad_quality_arguments_give_one_line_and_train_nothing(idx_folder, tmp_path, capsys, bad, message):
     out = tmp_path / "q"
