@@ -128,6 +128,10 @@ def run(budget: Budget, suites: list[str], out: Path, force: bool = False, progr
     budget_file = out / "budget.json"
     if budget_file.exists() and not force:
         previous = json.loads(budget_file.read_text())
+        try:  # a folder begun before a budget field existed holds that field's default
+            previous = asdict(Budget(**previous))
+        except TypeError:
+            pass  # a field this version does not know: compared as it is, so refused
         if _shared(previous) != _shared(asdict(budget)):
             # Results made under another budget must not be mixed into one table.
             raise ValueError(f"{out} holds results of another budget ({budget_file}); choose another --out or pass --force")
