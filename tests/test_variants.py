@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli
 
 import core.model
+from core.batches import TrainingSource
 from core.evaluation import evaluate
 from core.networks import DataShape
 from core.objectives import estimate_log_likelihood, gaussian_kl
@@ -358,6 +359,7 @@ def test_fused_adam_is_opt_in_and_takes_the_same_steps_up_to_rounding(name):
     for fused in (False, True):
         config = small_config(name, fused_adam=fused)
         variant = _build(name)
+        variant.prepare_training(TrainingSource(data, dynamic=False, device=torch.device("cpu")), config.train)
         opt = variant.configure_optimizers(config.train)["model"]
         assert bool(opt.defaults["fused"]) is fused
         torch.manual_seed(1)

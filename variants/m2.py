@@ -99,8 +99,12 @@ class M2(Variant):
         """alpha / N of eq. 9."""
         return self.options.alpha if self.options.alpha is not None else 0.1
 
+    num_train: int | None = None  # N, set by prepare_training
+
     def term_weights(self) -> tuple[float, float]:
         """(N_l / N, (N - N_l) / N): how often a labelled and an unlabelled example occur."""
+        if self.num_train is None:
+            raise RuntimeError("m2: call prepare_training first (eq. 9 weights its terms by the training set's size)")
         n, n_l = self.num_train, self.options.num_labels
         return n_l / n, (n - n_l) / n
 
