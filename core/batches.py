@@ -40,13 +40,15 @@ class TrainingSource:
     data: ImageDataset
     dynamic: bool  # a fresh Bernoulli draw per batch (dynamic binarisation)
     device: torch.device
+    dequantized: bool = False  # fresh uniform noise per batch: (x + u) / 256 (Gaussian likelihoods)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def batch(self, indices: torch.Tensor) -> Batch:
         labels = self.data.labels
-        return Batch(to_float(self.data.images[indices], self.dynamic), None if labels is None else labels[indices])
+        x = to_float(self.data.images[indices], self.dynamic, dequantized=self.dequantized)
+        return Batch(x, None if labels is None else labels[indices])
 
     def shuffled_batches(self, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
         """Global batches of indices: every example once per epoch, the same on every rank."""

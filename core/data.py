@@ -147,6 +147,9 @@ class ImageDataset:
     num_classes: int
     name: str
     factors: FactorTable | None = None  # generative factors per row, for generated data (core.factors)
+    # Uniform dequantisation noise u in [0, 1) per pixel, fixed for evaluation (a test split under
+    # a Gaussian likelihood): its floats are (x + u) / 256, a density on continuous data.
+    noise: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -160,7 +163,15 @@ class ImageDataset:
             return self
         labels = None if self.labels is None else self.labels[:limit]
         factors = None if self.factors is None else self.factors.select(slice(0, limit))
-        return ImageDataset(self.images[:limit], labels, self.num_classes, self.name, factors)
+        noise = None if self.noise is None else self.noise[:limit]
+        return ImageDataset(self.images[:limit], labels, self.num_classes, self.name, factors, noise)
+
+    def floats(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images at `indices` as the models see them in evaluation: in [0, 1], dequantised
+        with the split's fixed noise where it has one."""
+        if self.noise is None:
+            return to_float(self.images[indices])
+        return dequantize(self.images[indices], self.noise[indices])
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -247,10 +258,28 @@ def static_binarize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return torch.bernoulli(probs, generator=gen).mul_(255).to(torch.uint8)
 
 
-def to_float(images: torch.Tensor, dynamic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 images to floats in [0, 1]; `dynamic` draws a fresh Bernoulli sample (dynamic binarisation)."""
+def to_float(images: torch.Tensor, dynamic: bool = False, generator: torch.Generator | None = None,
+             dequantized: bool = False) -> torch.Tensor:
+    """uint8 images to floats in [0, 1]; `dynamic` draws a fresh Bernoulli sample (dynamic
+    binarisation), `dequantized` fresh uniform noise: (x + u) / 256."""
+    if dequantized:
+        return dequantize(images, torch.rand(images.shape, generator=generator, device=images.device))
     x = images.float().div_(255.0)
     return torch.bernoulli(x, generator=generator) if dynamic else x
+
+
+# 8-bit images dequantised to [0, 1): a continuous density p on (x + u) / 256 bounds the discrete
+# likelihood, log P(x) >= E_u log p((x + u) / 256) - D log 256 (Theis, van den Oord & Bethge 2016).
+LEVELS = 256
+
+
+def dequantize(images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return (images.float() + noise).div_(LEVELS)
+
+
+def bits_per_dim(nll_nats: float, dims: int) -> float:
+    """-log2 P(x) per dimension of 8-bit data from a density's NLL in nats on (x + u) / 256."""
+    return (nll_nats + dims * math.log(LEVELS)) / (dims * math.log(2))
 
 
 @dataclass
@@ -260,6 +289,7 @@ class PreparedData:
     train: ImageDataset
     test: ImageDataset
     dynamic_train: bool  # draw a new binarisation of each training batch
+    dequantized: bool = False  # training batches draw fresh dequantisation noise; test has fixed noise
 
     @property
     def shape(self) -> DataShape:
@@ -278,6 +308,17 @@ def prepare_split(ds: ImageDataset, binarize: str, split: str) -> ImageDataset:
         return ds
     seed = 0 if split == "train" else 1
     return ImageDataset(static_binarize(ds.images, seed), ds.labels, ds.num_classes, ds.name, ds.factors)
+
+
+def with_dequantization(data: PreparedData, seed: int = 1) -> PreparedData:
+    """8-bit grey levels for a continuous density: training batches draw fresh uniform noise, the
+    test split one fixed draw (`seed`), so its numbers compare across runs."""
+    if data.dequantized:
+        return data
+    test = data.test
+    noise = torch.rand(test.images.shape, generator=torch.Generator().manual_seed(seed))
+    test = ImageDataset(test.images, test.labels, test.num_classes, test.name, test.factors, noise)
+    return PreparedData(data.train, test, dynamic_train=False, dequantized=True)
 
 
 def labelled_subset(labels: torch.Tensor, n: int, num_classes: int, seed: int = 0) -> torch.Tensor:

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import factors
+from core.config import ConfigError
+
+if TYPE_CHECKING:
+    from core.config import RunConfig
 from core.data import (
     _TORCHVISION,
     SPLIT_FILES,
@@ -19,6 +24,7 @@ from core.data import (
     _load_torchvision,
     load_idx_split,
     prepare_split,
+    with_dequantization,
 )
 
 
@@ -53,3 +59,25 @@ def prepare_data(dataset: str, data_dir: str | None, binarize: str,
     if train.shape != test.shape:
         raise DataError(f"{dataset}: train images are {train.shape.as_tuple()} but test images are {test.shape.as_tuple()}")
     return PreparedData(train, test, dynamic_train=(binarize == "dynamic"))
+
+
+def fit_to_likelihood(data: PreparedData, config: "RunConfig") -> PreparedData:
+    """The data as the config's likelihood can score them: a Bernoulli needs binary pixels (grey
+    levels are refused, naming the field: a Bernoulli on them is no normalised density); a Gaussian
+    on 8-bit grey levels is given dequantised data, (x + u) / 256 (core.data.with_dequantization)."""
+    if config.data.binarize != "none":
+        return data
+    if config.model.likelihood == "bernoulli":
+        images = data.train.images
+        if bool(((images != 0) & (images != 255)).any()):
+            raise ConfigError(f"model.likelihood: bernoulli is a density on binary data, but data.binarize=none keeps "
+                              f"the grey levels of {config.data.dataset}; set data.binarize=dynamic (or static), or "
+                              f"model.likelihood=gaussian (or gaussian_fixed) for grey levels")
+        return data
+    return with_dequantization(data)
+
+
+def prepare_run_data(config: "RunConfig") -> PreparedData:
+    """The train and test splits a run's config asks for, fitted to its likelihood."""
+    d = config.data
+    return fit_to_likelihood(prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit), config)

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from core.data import ImageDataset, to_float
+from core.data import ImageDataset, bits_per_dim
 from core.disentanglement import best_single_latent, explained_variance_by_group, mutual_information_gap
 from core.distributed import all_reduce_sum, world
 from core.objectives import estimate_log_likelihood
@@ -25,7 +25,7 @@ def iterate_batches(ds: ImageDataset, batch_size: int, indices: torch.Tensor | N
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
         y = None if ds.labels is None else ds.labels[idx]
-        yield Batch(to_float(ds.images[idx]), y).to(device)
+        yield Batch(ds.floats(idx), y).to(device)
 
 
 def _shard(n: int) -> torch.Tensor:
@@ -45,7 +45,9 @@ def active_units(count: torch.Tensor, sum_means: torch.Tensor, sum_sq_means: tor
 def evaluate(variant: Variant, ds: ImageDataset, *, nll_samples: int = 0, nll_examples: int | None = None,
              batch_size: int = 500, nll_rows: int = 2500, device="cpu", progress: bool = False) -> dict[str, float]:
     """Mean test metrics in nats per example. `nll` is -log p(x) from `nll_samples` importance
-    samples on the first `nll_examples` examples (all when None); 0 samples skips it."""
+    samples on the first `nll_examples` examples (all when None); 0 samples skips it. A conditional
+    model names it `cond_nll` (-log p(x|c)), and its active units `cond_active_units` where its
+    encoder needs the label. On dequantised 8-bit data `bits_per_dim` stands beside the nats."""
     variant.eval()
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), dtype=torch.float64)
@@ -56,7 +58,8 @@ def evaluate(variant: Variant, ds: ImageDataset, *, nll_samples: int = 0, nll_ex
         for name, value in variant.evaluate(batch).items():
             sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + value.double().sum().cpu()
         count += len(batch)
-        mean, _ = variant.encode(batch.x, batch.y)
+        # Unconditional where the model can encode without the label (m2 asks its classifier).
+        mean, _ = variant.encode(batch.x, batch.y if variant.encode_needs_labels else None)
         mean = mean.double().cpu()
         mean_sum = mean.sum(0) if mean_sum is None else mean_sum + mean.sum(0)
         mean_sq = mean.pow(2).sum(0) if mean_sq is None else mean_sq + mean.pow(2).sum(0)
@@ -65,11 +68,15 @@ def evaluate(variant: Variant, ds: ImageDataset, *, nll_samples: int = 0, nll_ex
     total = packed[len(names)]
     out = {n: float(packed[i] / total) for i, n in enumerate(names)}
     latent = (len(packed) - len(names) - 1) // 2
-    out["active_units"] = active_units(total, packed[len(names) + 1: len(names) + 1 + latent],
+    units_name = "cond_active_units" if variant.encode_needs_labels else "active_units"
+    out[units_name] = active_units(total, packed[len(names) + 1: len(names) + 1 + latent],
                                        packed[len(names) + 1 + latent:])
     if nll_samples > 0 and variant.has_likelihood:  # a deterministic AAE has no p(x)
-        out["nll"] = negative_log_likelihood(variant, ds, nll_samples, nll_examples, batch_size=min(batch_size, 100),
-                                             rows_per_chunk=nll_rows, device=device, progress=progress)
+        nll = negative_log_likelihood(variant, ds, nll_samples, nll_examples, batch_size=min(batch_size, 100),
+                                      rows_per_chunk=nll_rows, device=device, progress=progress)
+        out[variant.nll_metric] = nll
+        if ds.noise is not None and variant.nll_metric == "nll":  # a density on dequantised 8-bit data
+            out["bits_per_dim"] = bits_per_dim(nll, ds.shape.numel)
     if ds.factors is not None:
         out.update(disentanglement(variant, ds, batch_size=batch_size, device=device))
     out.update(variant.extra_test_metrics(out))

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from core.batches import TrainingSource, epoch_permutation  # noqa: F401  (epoch_permutation re-exported)
 from core.config import RunConfig
 from core.data import PreparedData
-from core.datasets import prepare_data
+from core.datasets import fit_to_likelihood, prepare_run_data
 from core.distributed import all_reduce_sum, average_gradients, failed_ranks, gather_objects, world
 from core.evaluation import evaluate
 from core.files import atomic_torch_save
@@ -74,7 +74,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def print_report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None:
-    keys = ["train/bound", "train/elbo", "train/kl", "test/elbo", "test/nll", "test/active_units", "test/accuracy",
+    keys = ["train/bound", "train/elbo", "train/kl", "test/elbo", "test/nll", "test/cond_nll", "test/bits_per_dim", "test/active_units", "test/accuracy",
             "train/images_per_sec"]
     parts = [f"{k.split('/')[0][:2]}_{k.split('/')[1]}={metrics[k]:.2f}" for k in keys if k in metrics]
     tqdm.write(f"epoch {metrics['epoch']}: " + " ".join(parts))
@@ -103,9 +103,9 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
     cfg, tcfg = config, config.train
     rank, size = world()
     device = torch.device(device)
-    if data is None:
-        d = cfg.data
-        data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
+    # The data as the likelihood scores them (dequantised for a Gaussian on grey levels; a
+    # Bernoulli on grey levels refused), whether prepared here or by the caller.
+    data = prepare_run_data(cfg) if data is None else fit_to_likelihood(data, cfg)
     train_set = data.train
     if device.type != "cpu":  # keep the whole (uint8) dataset resident on the accelerator
         train_set = dataclasses.replace(train_set, images=train_set.images.to(device),
@@ -125,7 +125,7 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
     # same-named metrics of different groups are never added together.
     metric_name = (lambda group, key: key) if len(optimizers) == 1 else (lambda group, key: f"{group}/{key}")
 
-    source = TrainingSource(train_set, data.dynamic_train, device)
+    source = TrainingSource(train_set, data.dynamic_train, device, dequantized=data.dequantized)
     variant.prepare_training(source, tcfg)
 
     start_epoch = 1
@@ -194,9 +194,10 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
                         torch.nn.utils.clip_grad_norm_(groups[name], tcfg.grad_clip)
                     optimizers[name].step()
             seen += len(local_idx)
+        seconds = time.perf_counter() - started
+        epoch_lr = next(iter(optimizers.values())).param_groups[0]["lr"]  # the rate this epoch used
         for sched in schedulers.values():
             sched.step()
-        seconds = time.perf_counter() - started
 
         names = sorted(sums)
         packed = all_reduce_sum(torch.stack([torch.as_tensor(sums[n], dtype=torch.float64).cpu() for n in names] + [seen]))
@@ -204,7 +205,7 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
         metrics.update({f"train/{n}": float(packed[i] / packed[-1]) for i, n in enumerate(names)})
         metrics["train/images_per_sec"] = float(packed[-1]) / seconds
         metrics["train/epoch_seconds"] = seconds
-        metrics["train/lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
+        metrics["train/lr"] = epoch_lr
         test = evaluate(variant, data.test, nll_samples=tcfg.eval_nll_samples, nll_examples=tcfg.eval_nll_examples,
                         batch_size=tcfg.eval_batch_size, device=device)
         metrics.update({f"test/{k}": v for k, v in test.items()})

@@ -94,6 +94,26 @@ class Variant(nn.Module):
         """Capability: encode/condition read a batch's labels (cvae's label condition, m2)."""
         return False
 
+    @property
+    def encode_needs_labels(self) -> bool:
+        """Capability: q(z|x) cannot be evaluated without the label (a label-conditioned cvae), so
+        its active units are conditional; m2 encodes unlabelled data through its classifier."""
+        return self.uses_labels
+
+    # The name of -log p(x) in test metrics; a conditional model's is -log p(x|c), `cond_nll`.
+    nll_metric: ClassVar[str] = "nll"
+
+    @classmethod
+    def kind(cls, options: dict[str, Any]) -> str:
+        """The variant with what changes the meaning of its NLL (cvae's condition), for registered
+        model names and for which champions compare."""
+        return cls.name
+
+    @classmethod
+    def nll_metric_of(cls, options: dict[str, Any]) -> str:
+        """The name of the test NLL a model with these options reports."""
+        return cls.nll_metric
+
     # -- hooks -----------------------------------------------------------------------------------
     def build_vae(self) -> VAE:
         return VAE(self.model_cfg, self.shape)

@@ -261,8 +261,8 @@ def build_config_from_run(output: Path):
 
 
 def cmd_evaluate(args) -> int:
-    from core.data import prepare_split
-    from core.datasets import load_split
+    from core.data import PreparedData, prepare_split
+    from core.datasets import fit_to_likelihood, load_split
     from core.evaluation import evaluate
     from core.serialization import load_model
     from pipelines.model_uri import resolve_model_uri
@@ -271,6 +271,8 @@ def cmd_evaluate(args) -> int:
     dataset = args.dataset or config.data.dataset
     data_dir = args.data_dir if (args.data_dir or args.dataset) else config.data.data_dir
     test = prepare_split(load_split(dataset, args.split, data_dir).take(args.limit), config.data.binarize, "test")
+    # scored as in training: dequantised for a Gaussian on grey levels, a Bernoulli on grey levels refused
+    test = fit_to_likelihood(PreparedData(test, test, dynamic_train=False), config).test
     if test.shape != variant.shape:
         raise ValueError(f"{dataset} images are {test.shape.as_tuple()} but the model expects {variant.shape.as_tuple()}")
     results = evaluate(variant, test, nll_samples=args.nll_samples, progress=not args.no_progress)

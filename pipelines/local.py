@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.config import RunConfig
-from core.datasets import prepare_data
+from core.datasets import prepare_run_data
 from core.evaluation import evaluate
 from core.serialization import build_variant, load_state, read_checkpoint, save_model
 from core.training import print_report, save_checkpoint, train
@@ -97,9 +97,8 @@ def run_local(config: RunConfig, output: Path, resume: bool = False, final_nll_s
     state = prepare_output(output, resume)
     if state is not None:
         config = RunConfig.from_dict(state["config"])  # a resumed run keeps its own config
-    d = config.data
     # The data first: a bad path or file fails before anything is written to the run folder.
-    data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
+    data = prepare_run_data(config)
     if state is not None:  # its data may have changed since: say so naming the file, before writing anything
         load_state(build_variant(config, data.shape, data.num_classes), state["model"], str(output / CHECKPOINT))
     (output / CHECKPOINT.parent).mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from typing import Any, Callable
 import torch
 
 from core.config import RunConfig
-from core.datasets import prepare_data
+from core.datasets import prepare_run_data
 from core.files import atomic_write, atomic_write_json, atomic_write_text
 from core.serialization import build_variant, load_state, read_checkpoint
 from core.training import print_report, save_checkpoint, train
@@ -352,8 +352,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     if state is not None:
         keep_epochs_up_to(metrics_file, int(state["epoch"]))
     atomic_write_json(info_file, info, newline=False)
-    d = config.data  # loaded here for the final evaluation, and so that a bad path fails before Ray starts
-    data = prepare_data(d.dataset, d.data_dir, d.binarize, d.train_limit, d.test_limit)
+    # loaded here for the final evaluation, and so that a bad path (or a bad likelihood) fails before Ray starts
+    data = prepare_run_data(config)
 
     # The controller polls workers for reports every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
     # default) and a worker's report queue holds one entry: short epochs would wait on the poll.

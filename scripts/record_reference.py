@@ -52,7 +52,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def record(modes: list[str], repeats: int) -> list[dict]:
+def record(modes: list[str], repeats: int, cases: list[str] | None = None) -> list[dict]:
     entries = []
 
     def run_case(mode: str, name: str, train_once) -> None:
@@ -69,12 +69,12 @@ def record(modes: list[str], repeats: int) -> list[dict]:
         entries.append({"case": name, "mode": mode, "config": config.to_dict(), "sha256": sha, "metrics": metrics})
 
     if IN_PROCESS in modes:
-        for name in CASES:
+        for name in cases or CASES:
             run_case(IN_PROCESS, name, train_in_process)
     if RAY in modes:
         with local_ray_cluster(), tempfile.TemporaryDirectory(prefix="vaezoo-reference-") as tmp:
             runs = iter(range(10**6))  # a fresh run folder for every training
-            for name in CASES:
+            for name in cases or CASES:
                 run_case(RAY, name, lambda config: train_on_ray(config, Path(tmp) / f"run-{next(runs)}"))
     return entries
 
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=REFERENCE_FILE)
     parser.add_argument("--modes", default=f"{IN_PROCESS},{RAY}", help="comma-separated: in_process, ray_train_2_workers")
+    parser.add_argument("--cases", help="comma-separated cases to record (default all); copy the entries of a "
+                                        "deliberately changed case into the reference file by hand")
     parser.add_argument("--repeats", type=int, default=1, help="train each case this many times; all must agree")
     parser.add_argument("--allow-dirty", action="store_true",
                         help="record although core/, variants/ or pipelines/ have uncommitted changes")
@@ -99,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(TORCH_THREADS)
     started = time.perf_counter()
-    entries = record(modes, args.repeats)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None
+    if cases and set(cases) - set(CASES):
+        parser.error(f"--cases: unknown {sorted(set(cases) - set(CASES))}; choose from {', '.join(CASES)}")
+    entries = record(modes, args.repeats, cases)
     document = {
         "description": "Zoo v1 reference outputs (issue 13, part 5): sha256 of the weights and the last epoch's "
                        "metrics after 1 epoch, per case and mode. Written by scripts/record_reference.py, "

@@ -152,12 +152,36 @@ def test_versions_registered_and_champion_alias(mlflow_server, tracked):
     run_id = json.loads((tracked["vae"] / "mlflow_run.json").read_text())["run_id"]
     model_uri = client.get_model_version("tiny-vae", "1").source
     champion_nll = float(client.get_model_version("tiny-vae", "1").tags["test_nll"])
-    worse = register(mlflow_server, "tiny-vae", model_uri, run_id, champion_nll + 5.0)
+    definition = client.get_model_version("tiny-vae", "1").tags["metric_definition"]
+    assert definition == "vae|nll|bernoulli|dynamic"
+    worse = register(mlflow_server, "tiny-vae", model_uri, run_id, champion_nll + 5.0, definition)
     assert (worse["version"], worse["champion"]) == (2, False)
     assert client.get_model_version_by_alias("tiny-vae", "champion").version == "1"
-    better = register(mlflow_server, "tiny-vae", model_uri, run_id, champion_nll - 5.0)
+    better = register(mlflow_server, "tiny-vae", model_uri, run_id, champion_nll - 5.0, definition)
     assert (better["version"], better["champion"]) == (3, True)
     assert client.get_model_version_by_alias("tiny-vae", "champion").version == "3"
+    # A cvae's conditional NLL scores only some pixels: however low, it never takes a vae's champion.
+    cvae = register(mlflow_server, "tiny-vae", model_uri, run_id, champion_nll - 500.0,
+                    "cvae-quadrants3|cond_nll|bernoulli|dynamic")
+    assert (cvae["version"], cvae["champion"]) == (4, False)
+    assert client.get_model_version_by_alias("tiny-vae", "champion").version == "3"
+
+
+def test_a_cvae_and_a_vae_never_share_a_registered_name_or_definition():
+    from core.config import RunConfig
+    from pipelines.tracking import default_model_name, metric_definition
+
+    def config(variant, **options):
+        return RunConfig.from_dict({"variant_name": variant, "variant": options})
+
+    names = {default_model_name(config("vae")), default_model_name(config("cvae", condition="label")),
+             *(default_model_name(config("cvae", condition="quadrants", visible_quadrants=q)) for q in (1, 2, 3))}
+    assert names == {"fashion-mnist-vae", "fashion-mnist-cvae-label", "fashion-mnist-cvae-quadrants1",
+                     "fashion-mnist-cvae-quadrants2", "fashion-mnist-cvae-quadrants3"}
+    assert metric_definition(config("cvae", condition="quadrants", visible_quadrants=2)) == \
+        "cvae-quadrants2|cond_nll|bernoulli|dynamic"
+    grey = config("vae").with_overrides({"model.likelihood": "gaussian", "data.binarize": "none"})
+    assert metric_definition(grey) == "vae|nll|gaussian|none"
 
 
 def test_pyfunc_predict_equals_native_encode(mlflow_server, tracked, data_folder, monkeypatch):

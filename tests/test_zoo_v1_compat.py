@@ -43,7 +43,9 @@ def test_an_older_saved_model_evaluates_exactly_as_before(name, data):
     assert metrics == json.loads((MODELS / name / "expected.json").read_text())["test_metrics"]
 
 
-@pytest.mark.parametrize("name", ["vae", "iwae", "m2"])
+# m2's objective changed on purpose (issue 16: Kingma et al.'s eq. 9 weights), so its resumed
+# epoch differs from the old code's; it still loads and evaluates exactly as before (above).
+@pytest.mark.parametrize("name", ["vae", "iwae"])
 def test_an_older_checkpoint_resumes_to_the_same_epoch_as_before(name, data):
     checkpoint = read_checkpoint(MODELS / name / "checkpoints" / "epoch1.pt")
     config = RunConfig.from_dict(checkpoint["config"])

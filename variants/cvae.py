@@ -100,6 +100,15 @@ class ConditionalVAE(Variant):
     description = ("Conditions encoder, prior and decoder on a label, on visible pixels (quadrant completion, "
                    "inpainting) or on a low-resolution image (super-resolution)")
     Options = CVAEOptions
+    nll_metric = "cond_nll"  # -log p(x|c): not comparable with an unconditional model's nll
+
+    @classmethod
+    def kind(cls, options):
+        """cvae-label, cvae-quadrants2, cvae-lowres4, cvae-mask-centre: each scores other pixels."""
+        condition = options.get("condition", "label")
+        detail = {"quadrants": options.get("visible_quadrants"), "lowres": options.get("lowres_factor"),
+                  "mask": f"-{options.get('mask')}"}.get(condition, "")
+        return f"cvae-{condition}{detail}"
 
     def build_vae(self):
         s, o = self.shape, self.options
@@ -186,9 +195,6 @@ class ConditionalVAE(Variant):
             raise ValueError(f"a cvae conditioned on {self.options.condition} generates and decodes only given "
                              f"its condition: use complete()")
         return F.one_hot(y, self.num_classes).to(dtype)
-
-    def extra_test_metrics(self, metrics):
-        return {"cond_nll": metrics["nll"]} if "nll" in metrics else {}
 
     @torch.no_grad()
     def complete(self, x, generator=None, visible: torch.Tensor | None = None):

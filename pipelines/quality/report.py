@@ -56,7 +56,7 @@ def markdown(report: dict[str, Any]) -> str:
         table(["model", "options", "NLL", "ELBO", "KL", "active units", "accuracy", "train s"],
               [[v["key"], ", ".join(f"{k}={x}" for k, x in v["options"].items()),
                 f(v.get("cond_nll", v.get("nll"))), f(v["elbo"]), f(v["kl"]),
-                v["active_units"], f(v.get("accuracy"), 4), v["train_seconds"]] for v in models])
+                v.get("active_units", v.get("cond_active_units")), f(v.get("accuracy"), 4), v["train_seconds"]] for v in models])
     for finding in report["findings"]:
         verdict = finding.get("verdict") or finding.get("status") or ("holds" if finding["holds"] else "does not hold")
         verdict = verdict if verdict == "holds" else f"**{verdict}**"

@@ -183,14 +183,34 @@ def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -
     if register_name:
         from pipelines.tracking.registry import register
 
-        info.update(register(uri, register_name, model_uri, run_id, float(results["nll"])))
+        definition = metric_definition(config)
+        # a model without a likelihood (deterministic aae) has no NLL: registered, never champion
+        test_nll = float(results.get(definition.split("|")[1], float("inf")))
+        info.update(register(uri, register_name, model_uri, run_id, test_nll, definition))
         info["registered_model"] = register_name
     end_run(uri, run_id)
     return info
 
 
+def model_kind(config) -> str:
+    """The variant with what changes its NLL's meaning (Variant.kind: cvae's condition, m2 on an
+    M1's latents)."""
+    from core.registry import get_variant
+
+    return get_variant(config.variant_name).kind(config.variant)
+
+
+def metric_definition(config) -> str:
+    """What a registered model's test NLL measures: kind|metric|likelihood|binarisation. Champions
+    are compared only within one definition."""
+    from core.registry import get_variant
+
+    metric = get_variant(config.variant_name).nll_metric_of(config.variant)
+    return f"{model_kind(config)}|{metric}|{config.model.likelihood}|{config.data.binarize}"
+
+
 def default_model_name(config) -> str:
-    return f"{Path(config.data.dataset).name}-{config.variant_name}"
+    return f"{Path(config.data.dataset).name}-{model_kind(config)}"
 
 
 def log_quality(out: Path, report: dict[str, Any], experiment: str = "vae-zoo-quality") -> str:

@@ -1,0 +1,95 @@
+"""M2's loss is Kingma et al. (2014) eq. 9, per example: each term weighted by how often it occurs
+(N_l / N labelled, (N - N_l) / N unlabelled) and the cross-entropy by alpha / N = 0.1."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import NUM_CLASSES, make_dataset, small_config
+from core.batches import Batch, TrainingSource
+from core.model import VAE
+from core.serialization import build_variant
+
+
+@pytest.mark.parametrize("alpha, ce_weight", [(None, 0.1), (2.0, 2.0)])
+def test_m2_loss_equals_a_direct_computation_of_eq_9(monkeypatch, alpha, ce_weight):
+    n, n_labelled = 64, 8
+    config = small_config("m2", options={"num_labels": n_labelled, "alpha": alpha}, latent_dim=3)
+    train_set = make_dataset(n, seed=0)
+    torch.manual_seed(0)
+    m2 = build_variant(config, train_set.shape, NUM_CLASSES)
+    m2.prepare_training(TrainingSource(train_set, dynamic=True, device=torch.device("cpu")), config.train)
+    # z at the posterior mean: every term deterministic, so the two computations must agree exactly
+    monkeypatch.setattr(VAE, "sample_latent", staticmethod(lambda mean, logvar, k=1, generator=None:
+                                                            mean.expand(k, *mean.shape)))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.4), generator=gen)
+    x_l = torch.bernoulli(torch.full((3, 1, 8, 8), 0.6), generator=gen)
+    y_l = torch.tensor([0, 2, 3])
+    loss = m2.losses(Batch(x, None, x_l, y_l), ("model",))["model"].loss
+
+    def bound(x, y):  # L(x, y) = log p(x|y,z) + log p(y) - KL(q(z|x,y) || p(z)), z = the mean
+        c = F.one_hot(y, NUM_CLASSES).float()
+        mean, logvar = m2.vae.encoder(x, c)
+        p = torch.sigmoid(m2.vae.decoder(mean, c))
+        log_px = (x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2, 3))
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+        return log_px + math.log(1 / NUM_CLASSES) - kl
+
+    qy = F.softmax(m2.classifier(x), -1)
+    every = torch.stack([bound(x, torch.full((5,), y)) for y in range(NUM_CLASSES)], 1)  # (B, Y)
+    unlabelled = (qy * every).sum(1) - (qy * qy.log()).sum(1)  # U(x): label summed out, + entropy
+    cross_entropy = -F.log_softmax(m2.classifier(x_l), -1)[torch.arange(3), y_l].mean()
+    eq9 = (n_labelled / n) * bound(x_l, y_l).mean() + ((n - n_labelled) / n) * unlabelled.mean()
+    assert loss.item() == pytest.approx((-eq9 + ce_weight * cross_entropy).item(), rel=1e-5)
+
+
+def test_m1_plus_m2_models_the_frozen_m1_posterior_means(tmp_path, prepared):
+    from core.evaluation import evaluate
+    from core.serialization import load_model, save_model
+    from core.training import train
+
+    m1_config = small_config("vae", epochs=1, latent_dim=3)
+    m1 = train(m1_config, report=lambda m, c: None, data=prepared)
+    save_model(m1, m1_config, tmp_path / "m1")
+    config = small_config("m2", options={"num_labels": 16, "m1_run": str(tmp_path / "m1")}, epochs=1)
+    m1m2 = train(config, report=lambda m, c: None, data=prepared)
+
+    # M2 sits on M1's 3 latent means with a Gaussian likelihood; M1 itself is not trained further
+    assert m1m2.vae.shape.as_tuple() == (1, 1, 3) and m1m2.vae.cfg.likelihood == "gaussian"
+    for name, value in m1.vae.state_dict().items():
+        assert torch.equal(m1m2.m1.state_dict()[name], value), name
+    x = prepared.test.images[:6].float() / 255
+    with torch.no_grad():
+        means, _ = m1.vae.encode(x)
+        assert torch.equal(m1m2.represent(x), means.view(6, 1, 1, 3))
+    metrics = evaluate(m1m2, prepared.test, nll_samples=5, nll_examples=16)
+    assert "nll" not in metrics and metrics["m1_latent_nll"] == metrics["m1_latent_nll"]  # a latent density, named so
+    assert 0 <= metrics["accuracy"] <= 1
+    assert m1m2.sample(4, generator=torch.Generator().manual_seed(0)).shape == (4, *prepared.shape.as_tuple())
+
+    save_model(m1m2, config, tmp_path / "m1m2")
+    loaded, _ = load_model(tmp_path / "m1m2")
+    assert torch.equal(loaded.classify(x), m1m2.classify(x))
+
+
+def test_m2_active_units_are_unconditional_encoded_under_its_classifiers_label(prepared):
+    from core.evaluation import active_units, evaluate
+
+    config = small_config("m2", options={"num_labels": 16}, latent_dim=4)
+    torch.manual_seed(3)
+    m2 = build_variant(config, prepared.shape, NUM_CLASSES).eval()
+    x, y = prepared.test.images.float() / 255, prepared.test.labels
+    with torch.no_grad():
+        guessed = F.one_hot(m2.classifier(x).argmax(-1), NUM_CLASSES).float()
+        means = m2.vae.encode(x, guessed)[0].double()
+        true_means = m2.vae.encode(x, F.one_hot(y, NUM_CLASSES).float())[0].double()
+    assert not torch.equal(means, true_means)  # the classifier's labels are not the true ones here
+    metrics = evaluate(m2, prepared.test)
+    assert "cond_active_units" not in metrics
+    # the default threshold (0.01) on the same means: recomputed exactly
+    assert metrics["active_units"] == active_units(torch.tensor(float(len(x)), dtype=torch.float64),
+                                                   means.sum(0), means.pow(2).sum(0))
