@@ -53,8 +53,8 @@ def _quality_parser(sub) -> None:
                                    "checked. Results per model in --out; a rerun continues.")
     p.add_argument("--out", default="quality", help="results folder (default ./quality); reruns continue it")
     p.add_argument("--suites", default="burda,dvae,m2,cvae,zoo",
-                   help="comma-separated, from burda, dvae, m2, cvae, zoo, dcign, superres, inpaint (default the first "
-                        "five; dcign needs --dataset dsprites)")
+                   help="comma-separated, from burda, dvae, m2, cvae, zoo, dcign, superres, inpaint, aae (default the "
+                        "first five; dcign needs --dataset dsprites)")
     p.add_argument("--seeds", default="0,1,2", help="superres/inpaint: seeds, one model each, claims judged "
                                                    "over them (default 0,1,2)")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (Debian package), mnist, or an IDX folder")

@@ -1,4 +1,4 @@
-"""The aae quality suite (pipelines/quality_aae.py): its data split, its report and its verdicts."""
+"""The aae quality suite (pipelines/quality/aae.py): its data split, its report and its verdicts."""
 from __future__ import annotations
 
 import json
@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from pipelines.quality_aae import AAEBudget, MODELS, load_suite_data, paired_claim, run_aae_suite, run_semi_supervised, semi_markdown
+from pipelines.quality.aae import AAEBudget, MODELS, load_suite_data, paired_claim, run_aae_suite, run_semi_supervised, semi_markdown
 
 
 def test_paired_claim_applies_the_two_standard_error_rule():
     assert paired_claim("c", [3.0, 3.1, 2.9], [1.0, 1.0, 1.0], "nats")["verdict"] == "holds"
-    assert paired_claim("c", [1.0, 1.1, 0.9], [3.0, 3.0, 3.0], "nats")["verdict"] == "reversed"
+    assert paired_claim("c", [1.0, 1.1, 0.9], [3.0, 3.0, 3.0], "nats")["verdict"] == "does not hold"
     unresolved = paired_claim("c", [1.0, 3.0, -1.0], [0.5, 0.5, 0.5], "nats")
     assert unresolved["verdict"] == "not resolved at this budget"
     assert unresolved["difference"] == pytest.approx(0.5) and unresolved["standard_error"] == pytest.approx(2 / 3 ** 0.5)

@@ -51,9 +51,20 @@ def command(args: argparse.Namespace) -> int:
     budget = budget_from_args(args)
     budget.base_config()  # a bad --set fails here, naming the field, before any training
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    # The aae suite has a protocol of its own (Parzen windows, MMD to the prior: pipelines/quality/aae.py).
+    with_aae = "aae" in suites
+    suites = [s for s in suites if s != "aae"]
     plan(budget, suites)
     report = run(budget, suites, Path(args.out), force=args.force, progress=not args.no_progress,
-                 figures=not args.no_figures)
+                 figures=not args.no_figures) if suites else {"results": {}, "findings": []}
+    if with_aae:
+        from pipelines.quality.aae import AAEBudget, run_aae_suite, run_semi_supervised
+
+        aae_budget = AAEBudget(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, seeds=budget.seeds,
+                               **({"train_limit": args.train_limit} if args.train_limit else {}))
+        report["aae"] = run_aae_suite(aae_budget, Path(args.out) / "aae", log=lambda *a: None)
+        report["aae_semi_supervised"] = run_semi_supervised(aae_budget, Path(args.out) / "aae", log=lambda *a: None)
+        report["findings"] = report["findings"] + report["aae"]["findings"] + report["aae_semi_supervised"]["findings"]
     if getattr(args, "mlflow", False):
         from pipelines.tracking import log_quality
 

@@ -30,8 +30,8 @@ the seeds, paired by seed; otherwise "not resolved at this budget"):
    labels and number of labelled batches (pipelines/quality.py's m2 baseline; m2 itself is in the
    `m2` suite of `vaezoo quality`). The aae here has a 10-D style code.
 
-This is its own module while pipelines/quality.py is being split into a package: the quality
-planner calls `run_aae_suite(AAEBudget(...), out)`; `python -m pipelines.quality_aae` runs it.
+`vaezoo quality --suites aae` runs both parts (into OUT/aae; its findings join the report's);
+`python -m pipelines.quality.aae` runs either part alone with its own options.
 """
 from __future__ import annotations
 
@@ -162,10 +162,11 @@ def paired_claim(name: str, better: list[float], worse: list[float], unit: str) 
     elif mean > 2 * se:
         verdict = "holds"
     elif mean < -2 * se:
-        verdict = "reversed"
+        verdict = "does not hold"
     else:
         verdict = "not resolved at this budget"
-    return {"claim": name, "difference": mean, "standard_error": se, "seeds": n, "unit": unit, "verdict": verdict}
+    return {"claim": name, "difference": mean, "standard_error": se, "seeds": n, "unit": unit, "verdict": verdict,
+            "evidence": f"paired difference {mean:+.4f} ± {se:.4f} {unit} over {n} seeds"}
 
 
 def findings(results: dict[str, dict[int, dict[str, Any]]], seeds: list[int]) -> list[dict[str, Any]]:
@@ -250,7 +251,7 @@ def run_aae_suite(budget: AAEBudget, out: Path, figures: Path | None = None, log
 def run_semi_supervised(budget: AAEBudget, out: Path, log=print) -> dict[str, Any]:
     """Test accuracy of the semi-supervised aae and of the labels-only classifier, for each number
     of labels and seed; OUT/aae-semi.json (atomically). Returns the report."""
-    from pipelines.quality import train_label_classifier  # the m2 suite's baseline, unchanged
+    from pipelines.quality.baselines import train_label_classifier  # the m2 suite's baseline, unchanged
 
     out.mkdir(parents=True, exist_ok=True)
     data = load_suite_data(budget)
@@ -300,7 +301,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.quality_aae", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.quality.aae", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--figures", default=None, help="folder for the PNGs (default OUT/figures)")
     parser.add_argument("--dataset", default="fashion-mnist")
