@@ -74,9 +74,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def print_report(metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None:
-    keys = ["train/bound", "train/elbo", "train/kl", "test/elbo", "test/nll", "test/cond_nll", "test/bits_per_dim", "test/active_units", "test/accuracy",
-            "train/images_per_sec"]
-    parts = [f"{k.split('/')[0][:2]}_{k.split('/')[1]}={metrics[k]:.2f}" for k in keys if k in metrics]
+    keys = ["train/bound", "train/elbo", "train/kl", "test/elbo", "test/recon", "test/nll", "test/cond_nll",
+            "test/bits_per_dim", "test/active_units", "test/accuracy", "train/images_per_sec"]
+    # a variant with several optimiser groups (aae) logs its numbers per group: train/<group>/<metric>
+    keys[3:3] = sorted(k for k in metrics if k.startswith("train/") and k.count("/") == 2
+                       and k.rsplit("/", 1)[1] in ("recon", "loss", "accuracy"))
+    parts = [f"{k.split('/')[0][:2]}_{'_'.join(k.split('/')[1:])}={metrics[k]:.2f}" for k in keys if k in metrics]
     tqdm.write(f"epoch {metrics['epoch']}: " + " ".join(parts))
 
 
