@@ -358,7 +358,10 @@ def test_killed_run_leaves_output_as_it_was(ray_session, fashion_output, model_d
     if existing:
         shutil.copytree(fashion_output[0], out)
         before = {p.name: p.read_bytes() for p in out.iterdir()}
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # The job holds once every row is staged, before the commit: the kill lands there however
+    # loaded the machine is (polling for a first staged file raced with a fast commit).
+    hold = tmp_path / "hold.pid"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"VAEZOO_TEST_HOLD_BEFORE_COMMIT": str(hold)}
     cmd = [sys.executable, "-m", "pipelines.encode", "--model", str(model_dir), "--input", "fashion-mnist",
            "--split", "test", "--output", str(out), "--batch-size", "32", "--rows-per-file", "1000", "--no-progress"]
     if existing:
@@ -367,14 +370,14 @@ def test_killed_run_leaves_output_as_it_was(ray_session, fashion_output, model_d
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
-        staged = []
-        while not staged:
+        while not hold.exists():
             assert proc.poll() is None, f"the job ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no staged Parquet file appeared"
-            staged = list(tmp_path.glob(".latents.staging-*/*.parquet"))
+            assert time.monotonic() < deadline, "the job never staged its output"
             time.sleep(0.05)
+        assert len(list(tmp_path.glob(".latents.staging-*/*.parquet"))) == 10  # every row staged, none committed
     finally:
         _kill_session(proc)
+        hold.unlink(missing_ok=True)
         proc.stderr.close()
 
     if existing:

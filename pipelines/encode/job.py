@@ -22,6 +22,20 @@ from pipelines.encode.staging import _check_replaceable, _commit, _staging_path,
 MAX_BLOCK_BYTES = 16 << 20  # Ray Data's target block size during the job
 
 
+
+def _hold_before_commit_for_tests(timeout_s: float = 120.0) -> None:
+    """Tests only: with VAEZOO_TEST_HOLD_BEFORE_COMMIT=FILE set, once every row is staged write
+    this process's pid to FILE and wait to be killed, so a test kills the job exactly between its
+    staged output and the commit, however loaded the machine is (a poll for staged files raced
+    with a fast commit)."""
+    hold = os.environ.get("VAEZOO_TEST_HOLD_BEFORE_COMMIT")
+    if not hold:
+        return
+    Path(hold).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+
 def _model_version(uri: str) -> tuple[str | None, str | None]:
     """(registered name, version) for models:/NAME/VERSION and models:/NAME@ALIAS; else (None, None)."""
     m = re.fullmatch(r"models:/([^/@]+)/(\d+)(/.*)?", uri)
@@ -208,6 +222,7 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
         finally:
             ctx.enable_progress_bars, ctx.target_max_block_size = saved
         files = verify_output(staging, source.num_rows, schema)
+        _hold_before_commit_for_tests()
         _commit(staging, output, overwrite)
     finally:
         if staging.exists():

@@ -24,7 +24,7 @@ _EXPORTS = {
     "datasets": ["log_data_inputs", "images_digest"],
     "runs": ["RUN_FILE", "flatten", "git_commit", "package_versions", "start_run", "EpochLogger", "log_final",
              "backfill_epochs", "end_run", "open_run", "finish_run", "default_model_name", "log_quality",
-             "logged_epochs"],
+             "logged_epochs", "model_kind", "metric_definition"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
