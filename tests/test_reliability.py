@@ -178,7 +178,7 @@ def _subprocess_cases(inputs, root: Path) -> dict[str, tuple[list[str], list[str
         "unreadable-data": (["train", "--dataset", str(inputs["unreadable"]), "--output", str(out / "b"), *TINY],
                             [str(inputs["unreadable"] / "train-images-idx3-ubyte.gz"), "Permission denied"], out / "b"),
         "unknown-variant": (["train", "--variant", "vqvae", "--dataset", str(inputs["good"]), "--output",
-                             str(out / "d"), *TINY], ["variant_name", "'vqvae'", "known: cvae, dvae, iwae, m2, vae"],
+                             str(out / "d"), *TINY], ["variant_name", "'vqvae'", "known: aae, cvae, dcign, dvae, iwae, m2, vae"],
                             out / "d"),
         "wrong-shape-images": (["evaluate", "--model", str(inputs["model-vae"]), "--dataset", str(inputs["big"]),
                                 "--nll-samples", "2", "--no-progress"],
