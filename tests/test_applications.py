@@ -203,3 +203,25 @@ def test_quality_report_and_figures_become_mlflow_artifacts(tmp_path, monkeypatc
     got = client.download_artifacts(run_id, "figures/superres-sr2.png", str(tmp_path / "down"))
     assert open(got, "rb").read() == figure.read_bytes()
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("options", [{"condition": "lowres", "lowres_factor": 2}, {"condition": "mask", "mask": "centre"}])
+def test_network_cond_nll_is_scored_on_exactly_the_cvaes_first_nll_examples_images(prepared, options):
+    from pipelines.quality.applications import train_condition_network
+
+    config = RunConfig.from_dict({"model": {"latent_dim": 4, "hidden_dims": [32]},
+                                  "train": {"epochs": 1, "batch_size": 64, "seed": 3}})
+    n = 70  # fewer than the 128 test images: the whole split would give another mean
+    net, cond, metrics = train_condition_network(config, prepared, options, nll_examples=n)
+    assert metrics["nll_examples"] == n and metrics["test_examples"] == len(prepared.test)
+
+    @torch.no_grad()
+    def direct(count):  # -log p(scored pixels | c), summed in float64 over the first `count` images
+        x = prepared.test.floats(torch.arange(count)).double()
+        c = cond.condition_given(x.float())
+        q = torch.sigmoid(net(c.c).view_as(x)).double()
+        scored = torch.ones_like(x) if c.target_mask is None else c.target_mask.expand_as(x).double()
+        return float(-((x * torch.log(q) + (1 - x) * torch.log1p(-q)) * scored).sum() / count)
+
+    assert metrics["cond_nll"] == pytest.approx(direct(n), rel=1e-6)
+    assert metrics["cond_nll"] != pytest.approx(direct(len(prepared.test)), rel=1e-6)

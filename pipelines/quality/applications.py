@@ -6,8 +6,9 @@ bicubic upsampling, each seed its own model.
   inpaint   masks centre, blocks, pixels (rate 1/2); the hidden pixels scored
 
 Every model is scored on the test split as the budget binarises it: the conditional NLL of the
-scored pixels (the cvae's importance-sampled with the budget's nll_samples on its nll_examples
-images, the network's exact on every test image), and on the first IMAGE_EXAMPLES test images
+scored pixels on the same first nll_examples test images (the cvae's importance-sampled with the
+budget's nll_samples, the network's exact; both in batches of NLL_BATCH, so a random mask family
+draws the same masks for both), and on the first IMAGE_EXAMPLES test images
 PSNR/SSIM of the mean and of the best of SAMPLES completions, consistency and diversity
 (pipelines/complete/metrics.py). The claim: the cvae's conditional NLL beats the network's,
 judged over the seeds (`claims.judge`).
@@ -34,6 +35,9 @@ CONDITIONS = {
     "inpaint": {fam: {"condition": "mask", "mask": fam} for fam in ("centre", "blocks", "pixels")},
 }
 SAMPLES, IMAGE_EXAMPLES = 16, 200
+# core.evaluation scores a cvae's NLL in batches of 100; evaluation masks are seeded per batch, so
+# the network is scored in the same batches to see the same masks.
+NLL_BATCH = 100
 
 
 def conditioner(config: RunConfig, data: PreparedData, options: dict[str, Any]):
@@ -50,9 +54,22 @@ def condition_network(config: RunConfig, cond_dim: int, shape) -> nn.Module:
                                            config.model.activation, final_activation=False))
 
 
-def train_condition_network(config: RunConfig, data: PreparedData, options: dict[str, Any]):
+@torch.no_grad()
+def network_nll(net: nn.Module, cond, test, nll_examples: int) -> tuple[float, int]:
+    """The network's mean conditional NLL over the first `nll_examples` test images (the cvae's
+    images), and how many images that is."""
+    net.eval()
+    cond.eval()
+    n = min(nll_examples, len(test))
+    total = sum(float(network_conditional_nll(net, cond, b.x).double().sum())
+                for b in iterate_batches(test, NLL_BATCH, torch.arange(n)))
+    return total / n, n
+
+
+def train_condition_network(config: RunConfig, data: PreparedData, options: dict[str, Any], nll_examples: int):
     """The same batches, epochs, optimiser and seed as the cvae; loss: the NLL of the scored pixels
-    (random masks drawn per batch from the seeded RNG, as the cvae's are)."""
+    (random masks drawn per batch from the seeded RNG, as the cvae's are). Scored on the first
+    `nll_examples` test images, as the cvae is."""
     t = config.train
     torch.manual_seed(t.seed)
     cond = conditioner(config, data, options)
@@ -70,11 +87,8 @@ def train_condition_network(config: RunConfig, data: PreparedData, options: dict
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    net.eval()
-    cond.eval()
-    with torch.no_grad():
-        total = sum(float(network_conditional_nll(net, cond, b.x).double().sum()) for b in iterate_batches(data.test, 500))
-    return net, cond, {"cond_nll": total / len(data.test)}
+    cond_nll, scored = network_nll(net, cond, data.test, nll_examples)
+    return net, cond, {"cond_nll": cond_nll, "nll_examples": scored, "test_examples": len(data.test)}
 
 
 def _mean_scores(completions) -> dict[str, float]:

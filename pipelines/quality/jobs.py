@@ -48,7 +48,7 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
         return result
 
     if job.kind in ("condition_network", "bicubic"):
-        return result | _application_baseline(job, config, data, out, started)
+        return result | _application_baseline(job, budget, config, data, out, started)
 
     history: list[dict[str, Any]] = []
 
@@ -79,13 +79,14 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
     return result
 
 
-def _application_baseline(job: Job, config, data: PreparedData, out: Path, started: float) -> dict[str, Any]:
+def _application_baseline(job: Job, budget: Budget, config, data: PreparedData, out: Path,
+                          started: float) -> dict[str, Any]:
     """superres/inpaint: the deterministic network (trained, weights kept for the figures) or bicubic."""
     from pipelines.quality.applications import conditioner, image_metrics, train_condition_network
 
     if job.kind == "bicubic":
         return image_metrics("bicubic", data, conditioner(config, data, job.options))
-    net, cond, metrics = train_condition_network(config, data, job.options)
+    net, cond, metrics = train_condition_network(config, data, job.options, budget.nll_examples)
     (out / "models").mkdir(parents=True, exist_ok=True)
     atomic_torch_save(net.state_dict(), out / "models" / f"{job.key}.pt")
     return metrics | image_metrics("network", data, cond, net) | {
