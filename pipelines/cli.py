@@ -52,19 +52,23 @@ def _quality_parser(sub) -> None:
                                    "baseline on the same budget, test NLL/ELBO/KL/active units, the papers' claims "
                                    "checked. Results per model in --out; a rerun continues.")
     p.add_argument("--out", default="quality", help="results folder (default ./quality); reruns continue it")
-    p.add_argument("--suites", default="burda,dvae,m2,cvae,zoo",
-                   help="comma-separated, from burda, dvae, m2, cvae, zoo, dcign, superres, inpaint, aae (default the "
-                        "first five; dcign needs --dataset dsprites)")
-    p.add_argument("--seeds", default="0,1,2", help="superres/inpaint: seeds, one model each, claims judged "
-                                                   "over them (default 0,1,2)")
+    p.add_argument("--suites", default="burda,dvae,dvae-small,m2,m1m2,cvae,zoo",
+                   help="comma-separated, from burda, dvae, dvae-small, m2, m1m2, cvae, zoo, dcign, superres, inpaint, "
+                        "aae (default the first seven; dcign needs --dataset dsprites)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds every model is trained with, one model each; claims are "
+                                                   "judged over them and need >= 3 (default 0,1,2)")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (Debian package), mnist, or an IDX folder")
     p.add_argument("--data-dir", help="folder of MNIST-layout IDX files for --dataset (e.g. MNIST's)")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs of every model (default 5)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs of every model (default 10)")
     p.add_argument("--nll-samples", type=int, default=5000, help="importance samples of the test NLL (default 5000)")
     p.add_argument("--nll-examples", type=int, default=1000, help="test images the NLL averages over (default 1000)")
     p.add_argument("--iwae-k", default="1,5,50", help="k values of the burda suite (default 1,5,50)")
     p.add_argument("--m2-labels", default="100,600,1000,3000", help="label counts of the m2 suite")
-    p.add_argument("--dcign-seeds", type=int, default=3, help="seeds of each model of the dcign suite (default 3)")
+    p.add_argument("--m2-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an m2 option for the m2 and m1m2 models (ablations), e.g. --m2-set alpha=1.0")
+    p.add_argument("--small-train-limit", type=int, default=1000,
+                   help="dvae-small: training images, few enough that the vae overfits (default 1000)")
+    p.add_argument("--small-epochs", type=int, default=100, help="dvae-small: epochs (default 100)")
     p.add_argument("--train-limit", type=int, help="use only the first N training images (quick runs)")
     p.add_argument("--test-limit", type=int, help="use only the first N test images (quick runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -3,6 +3,8 @@ one-factor epochs it trains on, the latents it frees per batch, a tiny run on ds
 disentanglement metrics evaluation adds on data with factors."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -159,48 +161,57 @@ def test_evaluation_without_factors_has_no_disentanglement_metrics(prepared):
 def test_quality_plan_trains_three_models_per_seed_on_the_same_conv_networks():
     from pipelines.quality import Budget, job_config, plan
 
-    budget = Budget(dataset=SPRITES, dcign_seeds=2, overrides={"model.conv_channels": [8, 16]})
+    budget = Budget(dataset=SPRITES, seeds=[0, 1], overrides={"model.conv_channels": [8, 16]})
     jobs = plan(budget, ["dcign"])
-    assert [j.key for j in jobs] == ["dcign-s0", "vae-conv-s0", "beta4-vae-conv-s0",
-                                     "dcign-s1", "vae-conv-s1", "beta4-vae-conv-s1"]
-    configs = {j.key: job_config(budget, j) for j in jobs}
+    assert [j.run_key for j in jobs] == ["dcign-seed0", "vae-conv-seed0", "beta4-vae-conv-seed0",
+                                         "dcign-seed1", "vae-conv-seed1", "beta4-vae-conv-seed1"]
+    assert [j.legacy_keys for j in jobs[:1]] == [["dcign-s0"]]  # main's earlier name of the result
+    configs = {j.run_key: job_config(budget, j) for j in jobs}
     for key, config in configs.items():
         assert config.model.architecture == "conv" and config.model.conv_channels == [8, 16]
         assert config.train.seed == int(key[-1])
-    assert configs["dcign-s1"].variant_name == "dcign" and configs["vae-conv-s1"].variant_name == "vae"
-    assert (configs["vae-conv-s0"].objective.beta, configs["beta4-vae-conv-s0"].objective.beta) == (1.0, 4.0)
-    assert configs["beta4-vae-conv-s0"].objective.name == "elbo"
+    assert configs["dcign-seed1"].variant_name == "dcign" and configs["vae-conv-seed1"].variant_name == "vae"
+    assert (configs["vae-conv-seed0"].objective.beta, configs["beta4-vae-conv-seed0"].objective.beta) == (1.0, 4.0)
+    assert configs["beta4-vae-conv-seed0"].objective.name == "elbo"
     with pytest.raises(ValueError, match="needs data with known factors"):
         plan(Budget(dataset="fashion-mnist"), ["dcign"])
 
 
 def _suite_results(dcign_x: list[float], vae_x: list[float]) -> dict:
-    r = {}
+    from pipelines.quality.jobs import aggregate
+
+    runs = []
     for s, (a, b) in enumerate(zip(dcign_x, vae_x)):
-        r[f"dcign-s{s}"] = {"key": f"dcign-s{s}", "variant": "dcign", "kind": "variant", "options": {},
-                            "latent_groups": {"x": [0]}, "explained_variance/x": a}
-        r[f"vae-conv-s{s}"] = {"key": f"vae-conv-s{s}", "variant": "vae", "kind": "variant", "options": {},
-                               "explained_variance/x": b}
-    return r
+        runs.append({"key": "dcign", "seed": s, "suite": "dcign", "variant": "dcign", "kind": "variant",
+                     "options": {}, "latent_groups": {"x": [0]}, "explained_variance/x": a})
+        runs.append({"key": "vae-conv", "seed": s, "suite": "dcign", "variant": "vae", "kind": "variant",
+                     "options": {}, "explained_variance/x": b})
+    return aggregate(runs)
 
 
-@pytest.mark.parametrize("dcign_x,vae_x,status", [
-    ([0.9, 0.8, 0.85], [0.5, 0.45, 0.55], "holds"),                        # +0.35, SE 0.03
-    ([0.9, 0.5, 0.7], [0.6, 0.7, 0.6], "not resolved at this budget"),     # +0.07, SE 0.15
-    ([0.3, 0.35, 0.3], [0.6, 0.7, 0.6], "**does not hold**"),              # -0.32, SE 0.02
+@pytest.mark.parametrize("dcign_x,vae_x,verdict", [
+    ([0.9, 0.8, 0.85], [0.5, 0.45, 0.55], "holds"),                        # +0.35, SE 0.04
+    ([0.9, 0.5, 0.7], [0.6, 0.7, 0.6], "not resolved at this budget"),     # +0.07, SE 0.12
+    ([0.3, 0.35, 0.3], [0.6, 0.7, 0.6], "does not hold"),                  # -0.32, SE 0.03
     ([0.9], [0.1], "not resolved at this budget"),                          # one seed: no standard error
 ])
-def test_dcign_claim_is_resolved_only_beyond_twice_the_standard_error(dcign_x, vae_x, status):
-    from pipelines.quality.claims import dcign_findings, seed_difference
+def test_dcign_claim_is_resolved_only_beyond_twice_the_standard_error(dcign_x, vae_x, verdict):
+    from pipelines.quality.claims import findings, judge
 
-    found = dcign_findings(_suite_results(dcign_x, vae_x))
-    assert len(found) == 1 and found[0]["status"] == status and found[0]["holds"] == (status == "holds")
-    diffs = [a - b for a, b in zip(dcign_x, vae_x)]
-    mean, se = seed_difference(diffs)
-    assert mean == pytest.approx(sum(diffs) / len(diffs))
-    if len(diffs) > 1:
+    found = findings(_suite_results(dcign_x, vae_x))
+    assert [f["claim"] for f in found] == ["DC-IGN's x group explains x better than any single latent of the vae"]
+    assert found[0]["verdict"] == verdict and found[0]["holds"] == (verdict == "holds")
+    direct = judge(dcign_x, vae_x, higher_is_better=True)
+    assert [found[0]["judgement"][k] for k in ("verdict", "difference", "seeds")] == \
+        [direct[k] for k in ("verdict", "difference", "seeds")]
+    mean = sum(dcign_x) / len(dcign_x) - sum(vae_x) / len(vae_x)
+    assert found[0]["judgement"]["difference"] == pytest.approx(mean)
+    if len(dcign_x) > 1:
         import numpy as np
-        assert se == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+        se = np.sqrt(np.var(dcign_x, ddof=1) / len(dcign_x) + np.var(vae_x, ddof=1) / len(vae_x))
+        assert found[0]["judgement"]["standard_error"] == pytest.approx(se)
+    else:  # one seed: no standard error, so nothing can be resolved
+        assert math.isnan(found[0]["judgement"]["standard_error"])
 
 
 def test_rerendering_moves_only_the_factors_latents_through_mean_plus_minus_two_sd(sprites):

@@ -15,13 +15,19 @@ from conftest import NUM_CLASSES, SIZE
 from core.config import RunConfig
 from core.data import PreparedData, labelled_subset
 from pipelines.cli import main
-from pipelines.quality import (Budget, findings, hidden_pixels_nll, label_classifier, plan,
+from pipelines.quality import (Budget, findings, hidden_pixels_nll, judge, label_classifier, plan,
                                train_label_classifier)
 from variants.cvae import quadrant_mask
 
 
-def test_plan_has_each_paper_comparison_once():
-    jobs = plan(Budget(iwae_ks=[1, 5], m2_labels=[8, 16]), ["burda", "dvae", "m2", "cvae", "zoo"])
+def test_plan_has_each_paper_comparison_once_per_seed():
+    jobs = plan(Budget(iwae_ks=[1, 5], m2_labels=[8, 16], seeds=[0, 3]), ["burda", "dvae", "m2", "cvae", "zoo"])
+    assert [j.seed for j in jobs] == [0] * 18 + [3] * 18  # seed-major
+    assert [j.key for j in jobs[:18]] == [j.key for j in jobs[18:]]
+    assert jobs[18].run_key == "vae-k1-seed3"
+    from pipelines.quality import job_config
+    assert job_config(Budget(seeds=[0, 3]), jobs[18]).train.seed == 3
+    jobs = jobs[:18]
     keys = [j.key for j in jobs]
     assert keys == ["vae-k1", "iwae-k1", "vae-k5", "iwae-k5",  # burda; dvae reuses vae-k1
                     "dvae-gaussian", "dvae-salt_and_pepper", "dvae-masking",
@@ -71,62 +77,115 @@ def test_label_classifier_is_m2s_classifier_and_reports_its_true_accuracy(prepar
     assert len(labelled_subset(prepared.train.labels, 16, NUM_CLASSES)) == 16
 
 
-def _result(key, variant=None, kind="variant", **metrics):
+def test_judge_holds_only_beyond_two_standard_errors_over_three_seeds():
+    # clearly separated: 0.80 ± 0.006 vs 0.70 ± 0.006
+    j = judge([0.79, 0.80, 0.81], [0.69, 0.70, 0.71], higher_is_better=True)
+    assert j["verdict"] == "holds"
+    assert j["ours_mean"] == pytest.approx(0.80) and j["baseline_mean"] == pytest.approx(0.70)
+    assert j["ours_se"] == pytest.approx(0.01 / math.sqrt(3))
+    assert j["difference"] == pytest.approx(0.10) and j["standard_error"] == pytest.approx(math.sqrt(2 / 3) * 0.01)
+    # the same numbers where lower is better: the claim fails, beyond 2 s.e. the other way
+    assert judge([0.79, 0.80, 0.81], [0.69, 0.70, 0.71], higher_is_better=False)["verdict"] == "does not hold"
+    # overlapping intervals: difference 0.01, its s.e. about 0.047
+    assert judge([0.70, 0.80, 0.75], [0.69, 0.79, 0.74], higher_is_better=True)["verdict"] == "not resolved at this budget"
+    # far apart but fewer than 3 seeds: never "holds"
+    assert judge([0.9, 0.91], [0.1, 0.11], higher_is_better=True)["verdict"] == "not resolved at this budget"
+    # just inside / just beyond 2 s.e.: differences 0.02 +- 0.0100 and 0.03 +- 0.0100
+    base = [0.0, 0.01 * math.sqrt(3) / math.sqrt(2), -0.01 * math.sqrt(3) / math.sqrt(2)]  # s.e. 0.01 / sqrt(2)
+    assert judge([v + 0.019 for v in base], base, True)["verdict"] == "not resolved at this budget"
+    assert judge([v + 0.021 for v in base], base, True)["verdict"] == "holds"
+
+
+def _model(key, variant, kind="variant", **per_seed_metrics):
     options = {"vae": lambda: {"samples": int(key.split("k")[-1])}, "iwae": lambda: {"k": int(key.split("k")[-1])},
                "m2": lambda: {"num_labels": int(key.split("n")[-1])},
                "cvae": lambda: {"condition": "quadrants", "visible_quadrants": int(key[-1])}}
-    return {"key": key, "variant": variant, "kind": kind, "options": options[variant]() if variant else {}, **metrics}
+    runs = [{"key": key, "seed": s, "suite": "x", "kind": kind, "variant": variant,
+             "options": options[variant]() if variant else {}} | {m: v[s] for m, v in per_seed_metrics.items()}
+            for s in range(3)]
+    return runs
 
 
-def test_findings_check_each_claim_against_its_own_baseline():
-    results = {r["key"]: r for r in [
-        _result("vae-k1", "vae", nll=250.0, active_units=20), _result("iwae-k1", "iwae", nll=250.5, active_units=20),
-        _result("vae-k50", "vae", nll=249.0, active_units=20), _result("iwae-k50", "iwae", nll=246.0, active_units=19),
-        _result("m2-n100", "m2", accuracy=0.70), _result("classifier-n100", kind="label_classifier", accuracy=0.72),
-        _result("cvae-q1", "cvae", cond_nll=150.0), _result("network-q1", kind="completion_network", cond_nll=160.0),
-    ]}
-    got = {f["claim"]: f["holds"] for f in findings(results)}
+def test_findings_judge_each_claim_against_its_own_baseline_over_the_seeds():
+    from pipelines.quality.jobs import aggregate
+
+    runs = [
+        *_model("vae-k1", "vae", nll=[250.0, 250.2, 249.8], active_units=[20, 20, 20]),
+        *_model("iwae-k1", "iwae", nll=[250.5, 249.5, 250.1], active_units=[20, 20, 20]),
+        *_model("vae-k50", "vae", nll=[249.0, 249.1, 248.9], active_units=[20, 20, 20]),
+        *_model("iwae-k50", "iwae", nll=[246.0, 246.1, 245.9], active_units=[19, 18, 19]),
+        *_model("m2-n100", "m2", accuracy=[0.70, 0.74, 0.72]),
+        *_model("classifier-n100", None, "label_classifier", accuracy=[0.72, 0.71, 0.74]),
+        *_model("cvae-q1", "cvae", cond_nll=[150.0, 151.0, 149.0]),
+        *_model("network-q1", None, "completion_network", cond_nll=[160.0, 161.0, 159.0]),
+    ]
+    results = aggregate(runs)
+    assert results["vae-k1"]["mean"]["nll"] == pytest.approx(250.0)
+    assert results["vae-k1"]["se"]["nll"] == pytest.approx(0.2 / math.sqrt(3))
+    assert results["m2-n100"]["seeds"] == [0, 1, 2]
+    got = {f["claim"]: f["verdict"] for f in findings(results)}
     assert got == {
-        "IWAE test NLL falls as k grows": True,
-        "IWAE keeps at least as many active units as the VAE at k=1": True,
-        "IWAE beats the VAE at k=50 (NLL)": True,
-        "IWAE keeps at least as many active units as the VAE at k=50": False,
-        "M2 beats the labels-only classifier with 100 labels (test accuracy)": False,
-        "CVAE beats the deterministic network on conditional NLL with 1 quadrant(s) given": True,
+        "IWAE test NLL falls from k=1 to k=50": "holds",
+        "IWAE has more active units than the VAE at k=1": "not resolved at this budget",
+        "IWAE beats the VAE at k=50 (NLL)": "holds",
+        "IWAE has more active units than the VAE at k=50": "does not hold",
+        "M2 beats the labels-only classifier with 100 labels (test accuracy)": "not resolved at this budget",
+        "CVAE beats the deterministic network on conditional NLL with 1 quadrant(s) given": "holds",
     }
+    from dataclasses import asdict
+
+    from pipelines.quality import markdown
+    text = markdown({"results": results, "budget": asdict(Budget(m2_labels=[100])), "findings": findings(results)})
+    assert "| 100 | 72.00 ± 1.15 |  | 72.33 ± 0.88 |" in text.splitlines()  # no M1+M2 result here
+    assert "- **not resolved at this budget**: M2 beats the labels-only classifier with 100 labels" in text
 
 
 def test_vaezoo_quality_runs_every_suite_checks_claims_and_continues(idx_folder, tmp_path, capsys):
     out = tmp_path / "quality"
     args = ["quality", "--dataset", str(idx_folder), "--out", str(out), "--epochs", "1", "--nll-samples", "20",
             "--nll-examples", "128", "--iwae-k", "1,3", "--m2-labels", "8,16", "--no-progress",
-            "--set", "train.batch_size=64"]
+            "--seeds", "0", "--small-train-limit", "64", "--small-epochs", "2", "--set", "train.batch_size=64"]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
-    expected = {j.key for j in plan(Budget(iwae_ks=[1, 3], m2_labels=[8, 16]), ["burda", "dvae", "m2", "cvae", "zoo"])}
+    expected = {j.key for j in plan(Budget(iwae_ks=[1, 3], m2_labels=[8, 16]),
+                                    ["burda", "dvae", "dvae-small", "m2", "m1m2", "cvae", "zoo"])}
+    assert {"m1m2-n8", "m1m2-n16"} <= expected
     assert set(report["results"]) == expected
     assert report["config"]["train"]["batch_size"] == 64 and report["budget"]["epochs"] == 1
-    for key, r in report["results"].items():
-        if r["kind"] != "variant":
+    for key, model in report["results"].items():
+        assert model["seeds"] == [0]
+        r = model["per_seed"]["0"]
+        if model["kind"] != "variant":
             continue
-        # a label cvae's encoder needs the label: its active units are named conditional
-        assert 0 <= r.get("active_units", r.get("cond_active_units")) <= 20
-        if r["variant"] != "m2":  # m2's NLL uses a quarter of the images: not comparable with its ELBO
-            # The k-sample estimate sits between the true NLL and -ELBO (the same 128 images):
-            # allow Monte-Carlo noise only. A cvae's is conditional, cond_nll, never nll.
-            nll = r["cond_nll"] if r["variant"] == "cvae" else r["nll"]
-            assert nll <= -r["elbo"] + 1.0, key
-            assert r["nll_examples"] == 128
+        label_conditioned = key == "cvae-label"  # its encoder needs the label: conditional active units
+        assert 0 <= r["cond_active_units" if label_conditioned else "active_units"] <= 20
+        assert r["nll_examples"] == 128  # the same images for every model, m2 included
+        # The k-sample estimate sits between the true NLL and -ELBO (128 of the 128 test images):
+        # allow Monte-Carlo noise only. A cvae's is conditional, and named so.
+        nll = {"cvae": "cond_nll"}.get(model["variant"], "m1_latent_nll" if key.startswith("m1m2") else "nll")
+        assert "nll" not in r or nll == "nll"
+        assert r[nll] <= -r["elbo"] + 1.0, key
+    small = report["results"]["vae-small"]["per_seed"]["0"]  # dvae-small: its own training subset and epochs
+    assert small["train_images"] == 64 and [c["epoch"] for c in small["curves"]] == [1, 2]
+    assert small["train_elbo"] == small["curves"][-1]["train/elbo"]
+    diwae = report["results"]["diwae-small-0.1"]
+    assert diwae["variant"] == "dvae" and diwae["options"]["noise_level"] == 0.1
+    assert {f["claim"] for f in report["findings"]} >= {
+        "The vae overfits on 64 training images (train ELBO above test ELBO)",
+        "DIWAE (noise 0.1, k=5) has a lower clean test NLL than the IWAE (k=5) on the small training set"}
+    m1m2 = report["results"]["m1m2-n8"]
+    assert m1m2["options"]["m1_run"] == str((out / "models" / "vae-k1-seed0").resolve())
+    mean = {key: m["mean"] for key, m in report["results"].items()}
     for n in (8, 16):
-        assert 0 <= report["results"][f"m2-n{n}"]["accuracy"] <= 1
-        assert report["results"][f"m2-n{n}"]["nll_examples"] == 128 // NUM_CLASSES
+        assert 0 <= mean[f"m2-n{n}"]["accuracy"] <= 1
     for q in (1, 2, 3):
         # The conditional NLL is scored on the hidden quadrants only: at most all their pixels at p=1/2 or so.
         hidden = (4 - q) * (SIZE // 2) ** 2
-        assert 0 < report["results"][f"cvae-q{q}"]["cond_nll"] < hidden * 2 * math.log(2)
-        assert 0 < report["results"][f"network-q{q}"]["cond_nll"] < hidden * 2 * math.log(2)
-    assert {f["claim"] for f in report["findings"]} >= {"IWAE test NLL falls as k grows"}
-    assert all(isinstance(f["holds"], bool) for f in report["findings"])
+        assert 0 < mean[f"cvae-q{q}"]["cond_nll"] < hidden * 2 * math.log(2)
+        assert 0 < mean[f"network-q{q}"]["cond_nll"] < hidden * 2 * math.log(2)
+    assert {f["claim"] for f in report["findings"]} >= {"IWAE test NLL falls from k=1 to k=3"}
+    # one seed judges nothing
+    assert {f["verdict"] for f in report["findings"]} == {"not resolved at this budget"}
 
     # Figures: completions are rows of 10 test images (truth, visible, network, 3 cvae draws).
     completions = Image.open(out / "figures" / "completions-q2.png")
@@ -151,6 +210,7 @@ def test_vaezoo_quality_runs_every_suite_checks_claims_and_continues(idx_folder,
     (["--suites", "burda,gan"], "unknown suite 'gan'"),
     (["--iwae-k", "1,x"], "--iwae-k"),
     (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--seeds", "0,0"], "--seeds: expected distinct"),
 ])
 def test_bad_quality_arguments_give_one_line_and_train_nothing(idx_folder, tmp_path, capsys, bad, message):
     out = tmp_path / "q"
@@ -166,16 +226,61 @@ def test_processes_sharing_an_out_folder_train_each_model_once(idx_folder, tmp_p
 
     out = tmp_path / "q"
     args = ["quality", "--dataset", str(idx_folder), "--out", str(out), "--suites", "zoo", "--epochs", "1",
-            "--nll-samples", "5", "--nll-examples", "8", "--no-progress", "--no-figures"]
+            "--nll-samples", "5", "--nll-examples", "8", "--no-progress", "--no-figures", "--seeds", "0"]
     (out / "results").mkdir(parents=True)
-    lock = out / "results" / "cvae-label.lock"
+    lock = out / "results" / "cvae-label-seed0.lock"
     lock.write_text(str(__import__("os").getpid()))  # a live process holds the only model: skipped
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["results"] == {}
-    assert lock.exists() and not (out / "results" / "cvae-label.json").exists()
+    assert lock.exists() and not (out / "results" / "cvae-label-seed0.json").exists()
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(dead.stdout.strip())  # its process is gone (killed): the lock is taken over
     assert main(args) == 0
     assert set(json.loads(capsys.readouterr().out)["results"]) == {"cvae-label"}
-    assert not lock.exists() and (out / "results" / "cvae-label.json").exists()
+    assert not lock.exists() and (out / "results" / "cvae-label-seed0.json").exists()
+
+
+def test_more_seeds_extend_a_results_folder_and_train_only_the_new_seed(idx_folder, tmp_path, capsys):
+    out = tmp_path / "q"
+    args = ["quality", "--dataset", str(idx_folder), "--out", str(out), "--suites", "zoo", "--epochs", "1",
+            "--nll-samples", "5", "--nll-examples", "8", "--no-progress", "--no-figures"]
+    assert main(args + ["--seeds", "0"]) == 0
+    capsys.readouterr()
+    assert main(args + ["--seeds", "0,1,2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("kept from") == 1 and captured.err.count("training") == 2
+    model = json.loads(captured.out)["results"]["cvae-label"]
+    assert model["seeds"] == [0, 1, 2]
+    elbos = [model["per_seed"][s]["elbo"] for s in ("0", "1", "2")]
+    assert len(set(elbos)) == 3  # each seed its own model
+    assert model["mean"]["elbo"] == pytest.approx(sum(elbos) / 3)
+
+    # The table's mean ± s.e. is a direct computation from the per-seed result files.
+    files = [json.loads((out / "results" / f"cvae-label-seed{s}.json").read_text()) for s in (0, 1, 2)]
+    elbo = np.array([f["elbo"] for f in files])
+    mean, se = elbo.mean(), elbo.std(ddof=1) / np.sqrt(3)
+    assert model["mean"]["elbo"] == pytest.approx(mean) and model["se"]["elbo"] == pytest.approx(se)
+    from pipelines.quality import markdown
+    row, = [line for line in markdown(json.loads((out / "quality.json").read_text())).splitlines()
+            if line.startswith("| cvae-label |")]
+    assert row.split(" | ")[4] == f"{mean:.2f} ± {se:.2f}"  # the ELBO column
+
+
+def test_a_results_folder_of_an_earlier_version_resumes_under_its_old_names(idx_folder, tmp_path, capsys):
+    """main's dcign/superres/inpaint suites kept `<key>-s<seed>.json` and a budget with dcign_seeds:
+    read as the model's seed, nothing retrained; a new seed trains only its own model."""
+    out = tmp_path / "q"
+    args = ["quality", "--dataset", str(idx_folder), "--out", str(out), "--suites", "zoo", "--epochs", "1",
+            "--nll-samples", "5", "--nll-examples", "8", "--no-progress", "--no-figures"]
+    assert main(args + ["--seeds", "0"]) == 0
+    first = json.loads(capsys.readouterr().out)["results"]["cvae-label"]["per_seed"]["0"]
+    (out / "results" / "cvae-label-seed0.json").rename(out / "results" / "cvae-label-s0.json")
+    budget = json.loads((out / "budget.json").read_text())
+    (out / "budget.json").write_text(json.dumps(budget | {"dcign_seeds": 3}))
+    assert main(args + ["--seeds", "0,1"]) == 0
+    captured = capsys.readouterr()
+    assert "cvae-label-s0.json" in captured.err and captured.err.count("training") == 1
+    model = json.loads(captured.out)["results"]["cvae-label"]
+    assert model["seeds"] == [0, 1] and model["per_seed"]["0"] == first
+    assert sorted(p.name for p in (out / "results").glob("*.json")) == ["cvae-label-s0.json", "cvae-label-seed1.json"]

@@ -110,42 +110,22 @@ def image_metrics(kind: str, data: PreparedData, cond, model=None, seed: int = 0
     return _mean_scores(done) | {"image_examples": len(x), "image_samples": SAMPLES if kind == "cvae" else 1}
 
 
-def plan_jobs(suite: str, seeds: list[int], job_type) -> list:
+def plan_jobs(suite: str, job_type) -> list:
+    """The suite's models without their seeds (`protocol.plan` gives each its seeds; bicubic, which
+    trains nothing, is scored once per seed too, so every job has a seed)."""
     jobs = []
     for name, options in CONDITIONS[suite].items():
         if suite == "superres":
             jobs.append(job_type(f"bicubic-{name}", suite, "bicubic", options=options))
-        for seed in seeds:
-            jobs.append(job_type(f"cvae-{name}-s{seed}", suite, "variant", "cvae", options, seed=seed))
-            jobs.append(job_type(f"network-{name}-s{seed}", suite, "condition_network", options=options, seed=seed))
+        jobs.append(job_type(f"cvae-{name}", suite, "variant", "cvae", options))
+        jobs.append(job_type(f"network-{name}", suite, "condition_network", options=options))
     return jobs
 
 
-def findings(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    from pipelines.quality.claims import judge
-
-    out = []
-    for suite, conditions in CONDITIONS.items():
-        for name, options in conditions.items():
-            ours = [r["cond_nll"] for r in results.values() if r.get("kind") == "variant"
-                    and r.get("suite") == suite and r.get("options") == options and "cond_nll" in r]
-            base = [r["cond_nll"] for r in results.values() if r.get("kind") == "condition_network"
-                    and r.get("options") == options]
-            if not ours or not base:
-                continue
-            verdict = judge(ours, base, higher_is_better=False)
-            out.append({"claim": f"CVAE beats the deterministic network on conditional NLL ({suite}, {name})",
-                        "holds": verdict["verdict"] == "holds", "verdict": verdict["verdict"],
-                        "evidence": f"cvae {verdict['ours_mean']:.2f} vs network {verdict['baseline_mean']:.2f} "
-                                    f"over {verdict['seeds']} seeds (difference {verdict['difference']:.2f} "
-                                    f"+- {verdict['standard_error']:.2f})"})
-    return out
-
-
 @torch.no_grad()
-def write_application_figures(out, data: PreparedData, results: dict[str, dict[str, Any]], rows: int = 8) -> list:
+def write_application_figures(out, data: PreparedData, locate, rows: int = 8) -> list:
     """One PNG per condition, one test image per row: input, bicubic (superres), deterministic
-    network, three cvae samples, truth (the first seed's models)."""
+    network, three cvae samples, truth. `locate(key, suffix)` is the kept model of the figures' seed."""
     from core.serialization import load_model
     from pipelines.complete.completer import input_view
     from pipelines.complete.metrics import bicubic
@@ -156,11 +136,8 @@ def write_application_figures(out, data: PreparedData, results: dict[str, dict[s
     x = next(iterate_batches(data.test, rows)).x
     for suite, conditions in CONDITIONS.items():
         for name in conditions:
-            seeds = sorted(r["seed"] for r in results.values()
-                           if r.get("kind") == "condition_network" and r["key"].startswith(f"network-{name}-s"))
-            cvae_dir, net_file = (out / "models" / f"cvae-{name}-s{seeds[0]}", out / "models" / f"network-{name}-s{seeds[0]}.pt") \
-                if seeds else (None, None)
-            if cvae_dir is None or not (cvae_dir / "config.json").exists() or not net_file.exists():
+            cvae_dir, net_file = locate(f"cvae-{name}", ""), locate(f"network-{name}", ".pt")
+            if not (cvae_dir / "config.json").exists() or not net_file.exists():
                 continue
             cvae, config = load_model(cvae_dir)
             cvae.eval()

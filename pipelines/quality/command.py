@@ -21,14 +21,13 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-def _seeds(args) -> list[int]:
-    text = getattr(args, "seeds", "0,1,2")
+def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"--seeds: expected comma-separated integers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds: expected distinct integers, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds: expected distinct non-negative integers, got {text!r}")
     return seeds
 
 
@@ -37,14 +36,15 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     for key in overrides:
         if key.split(".")[0] in ("variant", "variant_name"):
             raise ValueError(f"--set {key}: the suites choose each model's variant options; --set is for model.*, data.*, train.*")
-    for flag in ("epochs", "nll_samples", "nll_examples", "dcign_seeds"):
+    for flag in ("epochs", "nll_samples", "nll_examples", "small_train_limit", "small_epochs"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
     return Budget(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, nll_samples=args.nll_samples,
                   nll_examples=args.nll_examples, iwae_ks=_int_list(args.iwae_k, "--iwae-k"),
                   m2_labels=_int_list(args.m2_labels, "--m2-labels"), train_limit=args.train_limit,
-                  test_limit=args.test_limit, dcign_seeds=args.dcign_seeds, overrides=overrides,
-                  seeds=_seeds(args))
+                  test_limit=args.test_limit, overrides=overrides, seeds=_seeds(args.seeds),
+                  m2_options=dict(parse_override(s) for s in args.m2_set),
+                  small_train_limit=args.small_train_limit, small_epochs=args.small_epochs)
 
 
 def command(args: argparse.Namespace) -> int:

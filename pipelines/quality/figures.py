@@ -11,17 +11,19 @@ from core.disentanglement import best_single_latent
 from core.evaluation import iterate_batches
 from core.serialization import load_model
 from pipelines.quality.baselines import completion_network
+from pipelines.quality.protocol import model_path
 
 
 @torch.no_grad()
-def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, Any]]) -> list[Path]:
-    """Prior samples of the marginal models, class-conditional samples, quadrant completions."""
+def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, Any]], seed: int = 0) -> list[Path]:
+    """Prior samples of the marginal models, class-conditional samples, quadrant completions,
+    DC-IGN re-renderings, completions of the applications: of the models trained with `seed`."""
     from pipelines.images import save_grid
 
     folder = out / "figures"
     written: list[Path] = []
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731  the same draws for every model
-    models = {key: out / "models" / key for key in results if (out / "models" / key / "config.json").exists()}
+    models = {key: model_path(out, key, seed) for key in results if (model_path(out, key, seed) / "config.json").exists()}
     for key in ("vae-k1", "iwae-k50", "vae-k50", "dvae-gaussian"):
         if key in models:
             variant, _ = load_model(models[key])
@@ -39,7 +41,7 @@ def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, An
         variant, config = load_model(models[key])
         mask = variant.visible_mask
         rows = [test_x, test_x * mask]  # truth, what the models see
-        network_file = out / "models" / f"network-q{q}.pt"
+        network_file = model_path(out, f"network-q{q}", seed, ".pt")
         if network_file.exists():
             net = completion_network(config, data.shape)
             net.load_state_dict(torch.load(network_file, weights_only=True))
@@ -48,15 +50,15 @@ def write_figures(out: Path, data: PreparedData, results: dict[str, dict[str, An
         g = gen()
         rows += [variant.complete(test_x, generator=g) for _ in range(3)]
         written.append(save_grid(torch.cat(rows), folder / f"completions-q{q}.png", nrow=len(test_x)))
-    seeds = sorted(int(k.rsplit("-s", 1)[1]) for k in models if k.startswith("dcign-s"))
-    for key in [f"{prefix}-s{seeds[0]}" for prefix in ("dcign", "vae-conv", "beta4-vae-conv")] if seeds else []:
-        if key in models and data.test.factors is not None:
+    for key in ("dcign", "vae-conv", "beta4-vae-conv"):
+        if key in models and "dcign" in results and data.test.factors is not None:
             variant, _ = load_model(models[key])
-            factors = list(results[f"dcign-s{seeds[0]}"].get("latent_groups", {})) or list(data.test.factors.names)
-            written.append(save_grid(rerender(variant, data, factors), folder / f"dcign-{key}.png", nrow=9))
+            groups = next(iter(results["dcign"]["per_seed"].values())).get("latent_groups", {})
+            factors = list(groups) or list(data.test.factors.names)
+            written.append(save_grid(rerender(variant, data, factors), folder / f"dcign-{key}-s{seed}.png", nrow=9))
     from pipelines.quality.applications import write_application_figures
 
-    return written + write_application_figures(out, data, results)
+    return written + write_application_figures(out, data, lambda key, suffix: model_path(out, key, seed, suffix))
 
 
 @torch.no_grad()
