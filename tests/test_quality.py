@@ -77,6 +77,20 @@ def test_label_classifier_is_m2s_classifier_and_reports_its_true_accuracy(prepar
     assert len(labelled_subset(prepared.train.labels, 16, NUM_CLASSES)) == 16
 
 
+def test_completion_network_is_scored_on_the_cvaes_first_nll_examples_images(prepared: PreparedData):
+    from pipelines.quality import train_completion_network
+
+    config = RunConfig.from_dict({"train": {"epochs": 1, "batch_size": 64}, "model": {"hidden_dims": [32]}})
+    net, metrics = train_completion_network(config, prepared, 2, nll_examples=40)
+    mask = quadrant_mask(1, SIZE, SIZE, 2)
+    with torch.no_grad():
+        x = prepared.test.floats(torch.arange(len(prepared.test))).double()
+        per_image = hidden_pixels_nll(net.double(), x, mask.double())
+    assert metrics["nll_examples"] == 40 and metrics["test_examples"] == len(prepared.test)
+    assert metrics["cond_nll"] == pytest.approx(float(per_image[:40].mean()), rel=1e-5)
+    assert metrics["cond_nll"] != pytest.approx(float(per_image.mean()), rel=1e-5)  # not the whole split
+
+
 def test_judge_holds_only_beyond_two_standard_errors_over_three_seeds():
     # clearly separated: 0.80 ± 0.006 vs 0.70 ± 0.006
     j = judge([0.79, 0.80, 0.81], [0.69, 0.70, 0.71], higher_is_better=True)
@@ -183,6 +197,7 @@ def test_vaezoo_quality_runs_every_suite_checks_claims_and_continues(idx_folder,
         hidden = (4 - q) * (SIZE // 2) ** 2
         assert 0 < mean[f"cvae-q{q}"]["cond_nll"] < hidden * 2 * math.log(2)
         assert 0 < mean[f"network-q{q}"]["cond_nll"] < hidden * 2 * math.log(2)
+        assert report["results"][f"network-q{q}"]["per_seed"]["0"]["nll_examples"] == 128  # the cvae's images
     assert {f["claim"] for f in report["findings"]} >= {"IWAE test NLL falls from k=1 to k=3"}
     # one seed judges nothing
     assert {f["verdict"] for f in report["findings"]} == {"not resolved at this budget"}

@@ -64,7 +64,10 @@ def hidden_pixels_nll(net: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> to
     return -Bernoulli().log_prob(net(x * mask).view_as(x), x, 1.0 - mask)
 
 
-def train_completion_network(config: RunConfig, data: PreparedData, visible: int) -> tuple[nn.Module, dict[str, float]]:
+def train_completion_network(config: RunConfig, data: PreparedData, visible: int,
+                             nll_examples: int | None = None) -> tuple[nn.Module, dict[str, float]]:
+    """Trained as the cvae is; scored on the first `nll_examples` test images (all when None), the
+    images the cvae's conditional NLL averages over."""
     t, s = config.train, data.shape
     torch.manual_seed(t.seed)
     net = completion_network(config, s)
@@ -81,6 +84,8 @@ def train_completion_network(config: RunConfig, data: PreparedData, visible: int
             loss.backward()
             opt.step()
     net.eval()
+    n = len(data.test) if nll_examples is None else min(nll_examples, len(data.test))
     with torch.no_grad():
-        total = sum(float(hidden_pixels_nll(net, b.x, mask).double().sum()) for b in iterate_batches(data.test, 1000))
-    return net, {"cond_nll": total / len(data.test)}
+        total = sum(float(hidden_pixels_nll(net, b.x, mask).double().sum())
+                    for b in iterate_batches(data.test, 1000, torch.arange(n)))
+    return net, {"cond_nll": total / n, "nll_examples": n, "test_examples": len(data.test)}

@@ -47,7 +47,7 @@ def run_job(job: Job, budget: Budget, data: PreparedData, out: Path, progress: b
         result.update(metrics, labels=job.labels, train_seconds=round(time.perf_counter() - started, 1))
         return result
     if job.kind == "completion_network":
-        net, metrics = train_completion_network(config, data, job.visible)
+        net, metrics = train_completion_network(config, data, job.visible, budget.nll_examples)
         (out / "models").mkdir(parents=True, exist_ok=True)
         atomic_torch_save(net.state_dict(), out / "models" / f"{job.run_key}.pt")  # read back weights-only for the figures
         result.update(metrics, visible_quadrants=job.visible, train_seconds=round(time.perf_counter() - started, 1))
