@@ -6,16 +6,18 @@ import json
 import pytest
 import torch
 
-from pipelines.quality.aae import AAEBudget, MODELS, load_suite_data, paired_claim, run_aae_suite, run_semi_supervised, semi_markdown
+from pipelines.quality.aae import AAEBudget, MODELS, load_suite_data, seed_claim, run_aae_suite, run_semi_supervised, semi_markdown
 
 
-def test_paired_claim_applies_the_two_standard_error_rule():
-    assert paired_claim("c", [3.0, 3.1, 2.9], [1.0, 1.0, 1.0], "nats")["verdict"] == "holds"
-    assert paired_claim("c", [1.0, 1.1, 0.9], [3.0, 3.0, 3.0], "nats")["verdict"] == "does not hold"
-    unresolved = paired_claim("c", [1.0, 3.0, -1.0], [0.5, 0.5, 0.5], "nats")
+def test_seed_claim_applies_the_two_standard_error_rule():
+    assert seed_claim("c", [3.0, 3.1, 2.9], [1.0, 1.0, 1.0], "nats")["verdict"] == "holds"
+    assert seed_claim("c", [1.0, 1.1, 0.9], [3.0, 3.0, 3.0], "nats")["verdict"] == "does not hold"
+    unresolved = seed_claim("c", [1.0, 3.0, -1.0], [0.5, 0.5, 0.5], "nats")
     assert unresolved["verdict"] == "not resolved at this budget"
     assert unresolved["difference"] == pytest.approx(0.5) and unresolved["standard_error"] == pytest.approx(2 / 3 ** 0.5)
-    assert paired_claim("c", [2.0], [1.0], "nats")["verdict"].startswith("not resolved")
+    assert seed_claim("c", [2.0], [1.0], "nats")["verdict"].startswith("not resolved")
+    # far apart over two seeds: still not resolved (the judge needs 3), as for every quality claim
+    assert seed_claim("c", [5.0, 5.1], [1.0, 1.1], "nats")["verdict"] == "not resolved at this budget"
 
 
 def tiny_budget(folder) -> AAEBudget:

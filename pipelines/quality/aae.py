@@ -18,8 +18,8 @@ Measures, per model and seed:
   model under one prior is measured with the same kernel);
 * test log p(x | code) (`recon`) and, where a model has one, the importance-sampled NLL.
 
-Claims, with the zoo's rule (a difference "holds" when it exceeds twice its standard error over
-the seeds, paired by seed; otherwise "not resolved at this budget"):
+Claims, with the zoo's rule (`claims.judge`: a difference "holds" when it exceeds twice its
+standard error over 3 or more seeds; otherwise "not resolved at this budget"):
 
 1. The aae's test codes match the imposed prior better than the vae's posterior does (MMD^2 of
    aae-gaussian below the vae's, both against N(0, I)).
@@ -150,32 +150,24 @@ def measure(variant, data: SuiteData, budget: AAEBudget, seed: int) -> dict[str,
             "test": test}
 
 
-def paired_claim(name: str, better: list[float], worse: list[float], unit: str) -> dict[str, Any]:
-    """`better` beats `worse` (higher is better) when the mean paired difference exceeds twice its
-    standard error over the seeds."""
-    diffs = [b - w for b, w in zip(better, worse)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("nan")
-    if n < 2 or not math.isfinite(se):
-        verdict = "not resolved at this budget (one seed)"
-    elif mean > 2 * se:
-        verdict = "holds"
-    elif mean < -2 * se:
-        verdict = "does not hold"
-    else:
-        verdict = "not resolved at this budget"
-    return {"claim": name, "difference": mean, "standard_error": se, "seeds": n, "unit": unit, "verdict": verdict,
-            "evidence": f"paired difference {mean:+.4f} ± {se:.4f} {unit} over {n} seeds"}
+def seed_claim(name: str, better: list[float], worse: list[float], unit: str) -> dict[str, Any]:
+    """`better` beats `worse` (higher is better) over the seeds, judged as every quality claim is
+    (`claims.judge`: beyond twice the standard error of the difference of the means, 3 seeds or more)."""
+    from pipelines.quality.claims import judge
+
+    j = judge(better, worse, higher_is_better=True)
+    se = j["standard_error"]
+    return {"claim": name, "difference": j["difference"], "standard_error": se, "seeds": j["seeds"], "unit": unit,
+            "verdict": j["verdict"], "evidence": f"difference {j['difference']:+.4f} ± {se:.4f} {unit} over {j['seeds']} seeds"}
 
 
 def findings(results: dict[str, dict[int, dict[str, Any]]], seeds: list[int]) -> list[dict[str, Any]]:
     mmd = {m: [results[m][s]["mmd2"] for s in seeds] for m in results}
     parzen = {m: [results[m][s]["parzen"]["log_likelihood"] for s in seeds] for m in results}
-    out = [paired_claim("aae-gaussian codes match N(0, I) better than the vae's (lower MMD^2)",
+    out = [seed_claim("aae-gaussian codes match N(0, I) better than the vae's (lower MMD^2)",
                         [-v for v in mmd["aae-gaussian"]], [-v for v in mmd["vae"]], "MMD^2")]
     for model in ("aae-gaussian", "aae-mixture"):
-        out.append(paired_claim(f"{model} Parzen LL above the vae's", parzen[model], parzen["vae"], "nats"))
+        out.append(seed_claim(f"{model} Parzen LL above the vae's", parzen[model], parzen["vae"], "nats"))
     return out
 
 
@@ -266,7 +258,7 @@ def run_semi_supervised(budget: AAEBudget, out: Path, log=print) -> dict[str, An
             log(f"semi-supervised n={labels} seed {seed}: aae {aae_acc:.4f}, labels-only classifier "
                 f"{baseline['accuracy']:.4f}")
     report = {"budget": asdict(budget), "results": results, "findings": [
-        paired_claim(f"aae accuracy above the labels-only classifier's with {n} labels",
+        seed_claim(f"aae accuracy above the labels-only classifier's with {n} labels",
                      [r["aae"] for r in results[f"n{n}"].values()], [r["classifier"] for r in results[f"n{n}"].values()],
                      "accuracy")
         for n in budget.semi_labels]}
