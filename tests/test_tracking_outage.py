@@ -22,15 +22,24 @@ def data_folder(tmp_path_factory) -> Path:
     return write_idx_folder(tmp_path_factory.mktemp("data") / "tiny", make_images(256, 0), make_images(64, 1))
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    root = tmp_path / "server"
-    root.mkdir()
-    server = MlflowServer(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-    yield server
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the module (each test has its own experiment), started by each test that
+    needs it running; a test leaves it running or stopped, as it likes."""
+    server = MlflowServer(tmp_path_factory.mktemp("server"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        # A stopped server refuses at once; MLflow's retries (bounded to about 4 s by vae-zoo,
+        # HTTP_BOUNDS) would only slow the test down.
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        yield server
     if server.proc is not None and server.proc.poll() is None:
         server.stop()
+
+
+def running(server: MlflowServer) -> None:
+    if server.proc is None or server.proc.poll() is not None:
+        server.start()
 
 
 def at_epoch_boundary(monkeypatch, actions) -> None:
@@ -91,8 +100,22 @@ def vaezoo_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("vaezoo")]
 
 
+def test_mlflow_http_retries_are_bounded_unless_the_user_set_them(monkeypatch):
+    from pipelines.tracking.settings import HTTP_BOUNDS, bound_http_retries
+
+    for name in HTTP_BOUNDS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    bound_http_retries()
+    from mlflow.environment_variables import (MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+                                              MLFLOW_HTTP_REQUEST_TIMEOUT)
+
+    assert (MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()) == (2, 1)  # MLflow: 7, 2
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 60  # the user's value is kept
+
+
 def test_an_outage_mid_run_is_delivered_when_the_tracker_answers_again(server, data_folder, tmp_path, monkeypatch, capsys):
-    server.start()
+    running(server)
     out = tmp_path / "run"
     at_epoch_boundary(monkeypatch, {2: server.stop, 3: server.start})  # epoch 2 meets a stopped server
     assert train(data_folder, out, 3, "outage-mid", "tiny-outage-mid") == 0
@@ -102,55 +125,53 @@ def test_an_outage_mid_run_is_delivered_when_the_tracker_answers_again(server, d
     [(run_id, run)] = state["runs"].items()
     assert run["status"] == "FINISHED"
     assert_every_epoch_once(run, out)
-    assert "final/nll" in run["metrics"] and "model.safetensors" not in run["artifacts"]
+    assert "final/nll" in run["metrics"]
     assert state["versions"] == [(1, run_id)]
 
 
 def test_an_outage_to_the_end_exits_75_and_sync_delivers_everything_once(server, data_folder, tmp_path, monkeypatch, capsys):
-    server.start()
-    out = tmp_path / "run"
+    """Two trainings: one meets the outage after epoch 1 and ends in it; one starts in it (no run
+    id yet: the run is created at sync). The server comes back on the same port and store."""
+    running(server)
+    late, early = tmp_path / "late", tmp_path / "early"
     at_epoch_boundary(monkeypatch, {2: server.stop})
-    assert train(data_folder, out, 3, "outage-end", "tiny-outage-end") == UNDELIVERED_EXIT
+    assert train(data_folder, late, 3, "outage-end", "tiny-outage-end") == UNDELIVERED_EXIT
     [line] = vaezoo_lines(capsys.readouterr().err)
     assert line.startswith(f"vaezoo train: the tracker at {server.uri} did not answer; not delivered: the metrics of epochs 2, 3; ")
-    assert "registration as tiny-outage-end" in line and line.endswith(f"`vaezoo sync --output {out}`")
+    assert "registration as tiny-outage-end" in line and line.endswith(f"`vaezoo sync --output {late}`")
     for kept in ("model.safetensors", "config.json", "results.json", OUTBOX_FILE):  # saved locally
-        assert (out / kept).is_file(), kept
+        assert (late / kept).is_file(), kept
+
+    monkeypatch.undo()  # no more stops
+    assert train(data_folder, early, 2, "outage-start", None) == UNDELIVERED_EXIT
+    [line] = vaezoo_lines(capsys.readouterr().err)
+    assert "not delivered: the run itself (params and tags); the metrics of epochs 1, 2; final metrics" in line
+    assert json.loads((early / "mlflow_run.json").read_text())["run_id"] is None
+    assert main(["sync", "--output", str(early)]) == UNDELIVERED_EXIT  # still down: the queue stays
+    assert len(vaezoo_lines(capsys.readouterr().err)) == 1 and (early / OUTBOX_FILE).is_file()
 
     server.start()  # the same port and store
-    assert main(["sync", "--output", str(out)]) == 0
-    assert not (out / OUTBOX_FILE).exists()
+    for out in (late, early):
+        assert main(["sync", "--output", str(out)]) == 0
+        assert not (out / OUTBOX_FILE).exists()
     state = tracked_state(server.uri, "outage-end", "tiny-outage-end")
     [(run_id, run)] = state["runs"].items()
     assert run["status"] == "FINISHED"
-    assert_every_epoch_once(run, out)
+    assert_every_epoch_once(run, late)
     assert [step for step, _, _ in run["metrics"]["final/nll"]] == [3]
     assert {"results.json", "run_config.yaml", "metrics.jsonl", "plots/samples.png",
             "plots/training_curves.png"} <= set(run["artifacts"])
     assert run["inputs"] == 2
     assert state["versions"] == [(1, run_id)]
+    created = tracked_state(server.uri, "outage-start", None)
+    [(run_id, run)] = created["runs"].items()
+    assert json.loads((early / "mlflow_run.json").read_text())["run_id"] == run_id
+    assert run["status"] == "FINISHED" and run["params"]["train.epochs"] == "2"
+    assert_every_epoch_once(run, early)
     capsys.readouterr()
 
-    assert main(["sync", "--output", str(out)]) == 0  # idempotent: nothing is left to deliver
-    assert json.loads(capsys.readouterr().out)["delivered_operations"] == 0
+    for out in (late, early):  # idempotent: nothing is left to deliver, nothing changes
+        assert main(["sync", "--output", str(out)]) == 0
+        assert json.loads(capsys.readouterr().out)["delivered_operations"] == 0
     assert tracked_state(server.uri, "outage-end", "tiny-outage-end") == state
-
-
-def test_a_tracker_down_from_the_start_gets_its_run_at_sync(server, data_folder, tmp_path, capsys):
-    out = tmp_path / "run"  # the server is not started yet: the run cannot even be created
-    assert train(data_folder, out, 2, "outage-start", None) == UNDELIVERED_EXIT
-    [line] = vaezoo_lines(capsys.readouterr().err)
-    assert "not delivered: the run itself (params and tags); the metrics of epochs 1, 2; final metrics" in line
-    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] is None
-    assert main(["sync", "--output", str(out)]) == UNDELIVERED_EXIT  # still down: the queue stays
-    assert len(vaezoo_lines(capsys.readouterr().err)) == 1
-
-    server.start()
-    assert main(["sync", "--output", str(out)]) == 0
-    state = tracked_state(server.uri, "outage-start", None)
-    [(run_id, run)] = state["runs"].items()
-    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == run_id
-    assert run["status"] == "FINISHED" and run["params"]["train.epochs"] == "2"
-    assert_every_epoch_once(run, out)
-    assert main(["sync", "--output", str(out)]) == 0
-    assert tracked_state(server.uri, "outage-start", None) == state
+    assert tracked_state(server.uri, "outage-start", None) == created
