@@ -29,7 +29,7 @@ def server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("server"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", server.uri)
-        # A stopped server refuses at once; MLflow's retries (bounded to about 4 s by vae-zoo,
+        # A stopped server refuses at once; MLflow's retries (bounded to about 3 s by vae-zoo,
         # HTTP_BOUNDS) would only slow the test down.
         patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         yield server

@@ -38,7 +38,7 @@ def default_artifact_location(uri: str) -> str | None:
 # MLflow's HTTP client retries a failed call 7 times (backoff factor 2) with a 120 s timeout: minutes
 # per call against a stopped server. vae-zoo queues what it cannot deliver (outbox.py), so it gives
 # up sooner: 2 retries, backoff factor 1, 15 s per attempt (a refused connection fails after about
-# 4 s, a server that never answers after about 50 s). A value set in the environment is kept.
+# 3 s, a server that never answers after about 50 s). A value set in the environment is kept.
 HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
