@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from core.files import atomic_write_json
-from pipelines.tracking.runs import (RUN_FILE, EpochLogger, create_run, finish_run, logged_epochs, run_fields)
-from pipelines.tracking.settings import DEFAULT_EXPERIMENT, bound_http_retries, client, tracking_uri
+from pipelines.tracking.runs import RUN_FILE, EpochLogger, create_run, finish_run, logged_epochs, run_fields
+from pipelines.tracking.settings import DEFAULT_EXPERIMENT, bound_http_retries, client, experiment_id, tracking_uri
 
 OUTBOX_FILE = "tracking_outbox.json"
 RUN_KEY_TAG = "vaezoo.run_key"  # finds a run created just before a crash, so none is created twice
@@ -120,8 +120,6 @@ def deliver(output: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
 
 def _create_once(uri: str, operation: dict[str, Any]) -> str:
     key = operation["tags"][RUN_KEY_TAG]
-    from pipelines.tracking.settings import experiment_id
-
     found = client(uri).search_runs([experiment_id(uri, operation["experiment"])],
                                     filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'")
     if found:
