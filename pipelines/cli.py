@@ -191,9 +191,12 @@ def cmd_train(args) -> int:
     else:
         refuse_conflicting_resume_flags(args, output)  # before the MLflow run is reopened
     # One MLflow run per training: opened here, continued by --resume, logged each epoch by the
-    # driver (in-process, or as Ray registers the epoch), closed with the model and pictures.
-    uri, run_id = tracking.open_run(config, output, args.resume, args.experiment)
-    log_epoch = tracking.EpochLogger(uri, run_id)
+    # driver (in-process, or as Ray registers the epoch), closed with the model and pictures. All
+    # of it goes through a queue in the run folder: a tracker outage never stops training.
+    from pipelines.tracking.outbox import UNDELIVERED_EXIT, TrackedRun, undelivered_line
+
+    run = TrackedRun.open(config, output, args.resume, args.experiment)
+    log_epoch = run.log_epoch
     try:
         if args.num_workers == 0:
             results = run_local(config, output, resume=args.resume, final_nll_samples=args.final_nll_samples,
@@ -207,7 +210,7 @@ def cmd_train(args) -> int:
                               ray_logs=args.ray_logs, epoch_hook=log_epoch)
     except BaseException as err:
         stopped = stop_request(err)
-        tracking.end_run(uri, run_id, "KILLED" if stopped else "FAILED")
+        run.end("KILLED" if stopped else "FAILED")
         if not args.resume:
             from pipelines.local import discard_unstarted_run
 
@@ -218,8 +221,24 @@ def cmd_train(args) -> int:
         raise
     trained_config = build_config_from_run(output)
     name = None if args.no_register else (args.register or tracking.default_model_name(trained_config))
-    info = tracking.finish_run(uri, run_id, output, name)
+    info = run.finish(name)
     print(json.dumps({"output": str(output), "test": results, "mlflow": info}, indent=2, sort_keys=True))
+    if run.pending:  # the model and results are in the run folder; the tracker gets them at sync
+        print(undelivered_line("train", output, run.pending), file=sys.stderr)
+        return UNDELIVERED_EXIT
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from pipelines.tracking.outbox import UNDELIVERED_EXIT, read_record, sync, undelivered_line
+
+    output = Path(args.output).resolve()
+    queued, left, info = sync(output)
+    if left:
+        print(undelivered_line("sync", output, left), file=sys.stderr)
+        return UNDELIVERED_EXIT
+    print(json.dumps({"output": str(output), "delivered_operations": queued, "run_id": read_record(output)["run_id"],
+                      "mlflow": info}, indent=2, sort_keys=True))
     return 0
 
 
@@ -362,6 +381,11 @@ def make_parser() -> argparse.ArgumentParser:
     from pipelines.complete.command import add_complete_parser
 
     add_complete_parser(sub)
+    y = sub.add_parser("sync", help="deliver what a training queued while its MLflow tracker was down",
+                       description="Deliver a run folder's queued metrics, params, tags, artifacts, model and "
+                                   "registration to its MLflow run (created now if the tracker was down at the start). "
+                                   "A second sync changes nothing.")
+    y.add_argument("--output", required=True, help="the run folder of `vaezoo train`")
     c = sub.add_parser("compare", help="the latest run of each variant on the shared test metrics")
     c.add_argument("--experiment", default="vae-zoo", help="MLflow experiment (default vae-zoo)")
     c.add_argument("--format", default="text", choices=["text", "csv", "markdown"])
@@ -370,7 +394,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"variants": cmd_variants, "train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample,
             "compare": cmd_compare, "sweep": cmd_sweep, "encode": cmd_encode, "quality": cmd_quality,
-            "complete": cmd_complete}
+            "complete": cmd_complete, "sync": cmd_sync}
 
 
 def main(argv: list[str] | None = None) -> int:

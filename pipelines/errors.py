@@ -1,7 +1,8 @@
 """How every `vaezoo` command reports a failure: bad input or an unusable environment in one line
 on stderr and exit status 1; Ctrl-C (SIGINT) exits 130 and SIGTERM (preemption: Kubernetes, SLURM,
-spot reclaim, `ray job stop`) exits 143; a bug keeps its traceback (and VAEZOO_DEBUG=1 shows the
-traceback of any failure)."""
+spot reclaim, `ray job stop`) exits 143; a tracker still down when `vaezoo train` or `vaezoo sync`
+ends exits 75 (pipelines/tracking/outbox.py); a bug keeps its traceback (and VAEZOO_DEBUG=1 shows
+the traceback of any failure)."""
 from __future__ import annotations
 
 import contextlib

@@ -21,6 +21,7 @@ from core.serialization import build_variant, load_state, read_checkpoint, save_
 from core.training import print_report, save_checkpoint, train
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+_TRACKING_FILES = {"mlflow_run.json", "tracking_outbox.json"}  # the run record, its queue (pipelines/tracking)
 
 
 def default_output_dir(config: RunConfig) -> Path:
@@ -36,14 +37,14 @@ def prepare_output(output: Path, resume: bool) -> dict[str, Any] | None:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
         return read_checkpoint(checkpoint)  # weights only; one clear line for a bad file
-    # The MLflow run record is written first (the run opens before training starts).
-    if output.exists() and any(p.name != "mlflow_run.json" for p in output.iterdir()):
+    # The MLflow run record and its queue are written first (the run opens before training starts).
+    if output.exists() and any(p.name not in _TRACKING_FILES for p in output.iterdir()):
         raise FileExistsError(f"output folder {output} is not empty: choose another --output, or pass --resume to continue it")
     return None
 
 
 # What a run folder holds before its first checkpoint: nothing a --resume could continue from.
-_BEFORE_FIRST_CHECKPOINT = {"mlflow_run.json", "run_config.yaml", "ray_run.json"}
+_BEFORE_FIRST_CHECKPOINT = _TRACKING_FILES | {"run_config.yaml", "ray_run.json"}
 
 
 def discard_unstarted_run(output: Path) -> bool:

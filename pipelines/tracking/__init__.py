@@ -7,6 +7,7 @@
   pyfunc     the logged model: a typed pyfunc returning latents (pyfunc_entry logs it from code)
   datasets   the training and test data as run inputs
   runs       one run per training: open, per-epoch metrics, finish (uses all of the above)
+  outbox     `vaezoo train`'s run through a queue in its run folder: survives tracker outages; sync
 
 Names are re-exported here lazily (`from pipelines import tracking; tracking.open_run`), so
 importing the package costs nothing until a name is used.
@@ -22,9 +23,10 @@ _EXPORTS = {
     "registry": ["register"],
     "pyfunc": ["LatentEncoder", "log_model", "signature_for", "NATIVE_ARTIFACT", "MODEL_NAME_IN_RUN"],
     "datasets": ["log_data_inputs", "images_digest"],
+    "outbox": ["OUTBOX_FILE", "UNDELIVERED_EXIT", "TrackedRun", "is_outage", "sync"],
     "runs": ["RUN_FILE", "flatten", "git_commit", "package_versions", "start_run", "EpochLogger", "log_final",
              "backfill_epochs", "end_run", "open_run", "finish_run", "default_model_name", "log_quality",
-             "logged_epochs", "model_kind", "metric_definition"],
+             "logged_epochs", "model_kind", "metric_definition", "run_fields", "create_run"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -33,3 +33,21 @@ def register(uri: str, name: str, model_uri: str, run_id: str, test_nll: float, 
         client.set_registered_model_alias(name, CHAMPION, str(version))
     return {"version": version, "champion": promoted,
             "champion_version": version if promoted else (None if current is None else int(current.version))}
+
+
+def version_of_run(uri: str, name: str, run_id: str) -> dict[str, Any] | None:
+    """The version of `name` registered from `run_id` already, if any (as `register` returns it),
+    so a finish repeated after an outage registers no second version."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    versions = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("run_id") == run_id]
+    if not versions:
+        return None
+    version = min(int(v.version) for v in versions)
+    try:
+        champion = int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        champion = None
+    return {"version": version, "champion": champion == version, "champion_version": champion}

@@ -44,29 +44,33 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def start_run(config, uri: str, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-              tags: dict[str, str] | None = None) -> str:
-    """Create (or find) the experiment and open a run: params, tags, versions. Returns the run id.
+def run_fields(config, run_name: str | None = None, tags: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """(tags, params) of a new run: variant, dataset, commit, package versions and the flat config.
     `tags` adds to them (a sweep's child passes `mlflow.parentRunId`)."""
-    import mlflow
-
-    extra_tags = tags or {}
-    client = _client(uri)
-    exp_id = experiment_id(uri, experiment)
     dataset = Path(config.data.dataset).name
-    tags = {"variant": config.variant_name, "dataset": dataset, "git_commit": git_commit(),
-            "mlflow.runName": run_name or f"{config.variant_name}-{dataset}"}
-    tags.update({f"version.{k}": v for k, v in package_versions().items()})
-    tags.update(extra_tags)
-    run = client.create_run(exp_id, tags=tags)
-    params = flatten(config.to_dict())
+    fields = {"variant": config.variant_name, "dataset": dataset, "git_commit": git_commit(),
+              "mlflow.runName": run_name or f"{config.variant_name}-{dataset}"}
+    fields.update({f"version.{k}": v for k, v in package_versions().items()})
+    fields.update(tags or {})
+    return fields, {k: v[:6000] for k, v in flatten(config.to_dict()).items()}
+
+
+def create_run(uri: str, experiment: str, tags: dict[str, str], params: dict[str, str]) -> str:
+    """Create (or find) the experiment and open a run with these tags and params. Returns its id."""
     from mlflow.entities import Param
 
-    items = [Param(k, v[:6000]) for k, v in params.items()]
+    client = _client(uri)
+    run = client.create_run(experiment_id(uri, experiment), tags=tags)
+    items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i:i + 100])
-    del mlflow
     return run.info.run_id
+
+
+def start_run(config, uri: str, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+              tags: dict[str, str] | None = None) -> str:
+    """Open a run for `config` (params, tags, versions; see run_fields). Returns the run id."""
+    return create_run(uri, experiment, *run_fields(config, run_name, tags))
 
 
 class EpochLogger:
@@ -76,7 +80,7 @@ class EpochLogger:
         self.uri, self.run_id = uri, run_id
         self._client = None
 
-    def __call__(self, metrics: dict[str, Any]) -> None:
+    def __call__(self, metrics: dict[str, Any], timestamp_ms: int | None = None) -> None:
         import time
 
         from mlflow.entities import Metric
@@ -84,7 +88,7 @@ class EpochLogger:
         if self._client is None:
             self._client = _client(self.uri)
         epoch = int(metrics["epoch"])
-        now = int(time.time() * 1000)
+        now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()
                  if k != "epoch" and isinstance(v, (int, float))]
         self._client.log_batch(self.run_id, metrics=batch)
@@ -145,51 +149,90 @@ def open_run(config, output: Path, resume: bool, experiment: str = DEFAULT_EXPER
     return uri, run_id
 
 
-def finish_run(uri: str, run_id: str, output: Path, register_name: str | None) -> dict[str, Any]:
-    """After training: final metrics, pictures, the logged model, registry and champion alias.
-    Everything is read back from the run folder, whichever backend trained the model."""
-    import shutil
-    import tempfile
-
-    from core.data import prepare_split
-    from core.datasets import load_split
-    from core.serialization import CONFIG_FILE, WEIGHTS_FILE, load_model
-    from pipelines.artifacts import write_artifacts
+def finish_run(uri: str, run_id: str, output: Path, register_name: str | None,
+               progress: dict[str, Any] | None = None, save_progress=None) -> dict[str, Any]:
+    """After training: final metrics, data inputs, pictures, the logged model, registry and
+    champion alias, then the run ends FINISHED. Everything is read back from the run folder,
+    whichever backend trained the model. `progress` holds the steps already done (their results)
+    and `save_progress(progress)` is called after each one, so a finish cut short by a tracker
+    outage continues where it stopped (pipelines/tracking/outbox.py) and logs nothing twice."""
+    from core.serialization import load_model
     from pipelines.tracking.datasets import log_data_inputs
-    from pipelines.tracking.pyfunc import log_model
 
     output = Path(output)
+    progress = {} if progress is None else progress
     variant, config = load_model(output)
-    d = config.data
-    test_set = prepare_split(load_split(d.dataset, "test", d.data_dir).take(d.test_limit), d.binarize, "test")
     history = [json.loads(ln) for ln in (output / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     results = json.loads((output / "results.json").read_text())
+    test_set = []  # loaded on first use: a continued finish may not need it
+
+    def test_images():
+        if not test_set:
+            from core.data import prepare_split
+            from core.datasets import load_split
+
+            d = config.data
+            test_set.append(prepare_split(load_split(d.dataset, "test", d.data_dir).take(d.test_limit), d.binarize, "test"))
+        return test_set[0]
+
+    def step(name: str, do):
+        if name not in progress:
+            progress[name] = do()
+            if save_progress is not None:
+                save_progress(progress)
+        return progress[name]
+
+    def final_metrics() -> None:
+        backfill_epochs(uri, run_id, history)
+        log_final(uri, run_id, results, history)
+
+    step("final_metrics", final_metrics)
+    step("data_inputs", lambda: log_data_inputs(uri, run_id, config))
+    step("artifacts", lambda: _log_artifacts(uri, run_id, output, variant, test_images(), history, config.train.seed))
+    model_uri = step("model", lambda: _log_model(uri, run_id, output, variant, test_images(), config))
+    info: dict[str, Any] = {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri}
+    if register_name:
+        info.update(step("registration", lambda: _register(uri, register_name, model_uri, run_id, config, results)))
+    end_run(uri, run_id)
+    return info
+
+
+def _log_artifacts(uri: str, run_id: str, output: Path, variant, test_set, history, seed: int) -> None:
+    from pipelines.artifacts import write_artifacts
+
     client = _client(uri)
-    backfill_epochs(uri, run_id, history)
-    log_final(uri, run_id, results, history)
-    log_data_inputs(uri, run_id, config)
-    for path in write_artifacts(variant, test_set, history, output / "artifacts", seed=config.train.seed):
+    for path in write_artifacts(variant, test_set, history, output / "artifacts", seed=seed):
         client.log_artifact(run_id, str(path), "plots")
     for name in ("results.json", "run_config.yaml", "metrics.jsonl"):
         client.log_artifact(run_id, str(output / name))
+
+
+def _log_model(uri: str, run_id: str, output: Path, variant, test_set, config) -> str:
+    import shutil
+    import tempfile
+
+    from core.serialization import CONFIG_FILE, WEIGHTS_FILE
+    from pipelines.tracking.pyfunc import log_model
+
     example = (test_set.images[:2].float() / 255.0).numpy()
     with tempfile.TemporaryDirectory() as tmp:  # only the model files, not the run's checkpoints
         model_dir = Path(tmp) / "vaezoo_model"
         model_dir.mkdir()
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             shutil.copy2(output / name, model_dir / name)
-        model_uri = log_model(run_id, uri, model_dir, example, variant.shape.as_tuple(), config.model.latent_dim)
-    info: dict[str, Any] = {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri}
-    if register_name:
-        from pipelines.tracking.registry import register
+        return log_model(run_id, uri, model_dir, example, variant.shape.as_tuple(), config.model.latent_dim)
 
-        definition = metric_definition(config)
-        # a model without a likelihood (deterministic aae) has no NLL: registered, never champion
-        test_nll = float(results.get(definition.split("|")[1], float("inf")))
-        info.update(register(uri, register_name, model_uri, run_id, test_nll, definition))
-        info["registered_model"] = register_name
-    end_run(uri, run_id)
-    return info
+
+def _register(uri: str, name: str, model_uri: str, run_id: str, config, results: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.tracking.registry import register, version_of_run
+
+    known = version_of_run(uri, name, run_id)  # registered before an outage cut the finish short
+    if known is not None:
+        return {**known, "registered_model": name}
+    definition = metric_definition(config)
+    # a model without a likelihood (deterministic aae) has no NLL: registered, never champion
+    test_nll = float(results.get(definition.split("|")[1], float("inf")))
+    return {**register(uri, name, model_uri, run_id, test_nll, definition), "registered_model": name}
 
 
 def model_kind(config) -> str:

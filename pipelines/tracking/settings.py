@@ -35,9 +35,23 @@ def default_artifact_location(uri: str) -> str | None:
     return None
 
 
+# MLflow's HTTP client retries a failed call 7 times (backoff factor 2) with a 120 s timeout: minutes
+# per call against a stopped server. vae-zoo queues what it cannot deliver (outbox.py), so it gives
+# up sooner: 2 retries, backoff factor 1, 15 s per attempt (a refused connection fails after about
+# 3 s, a server that never answers after about 50 s). A value set in the environment is kept.
+HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def bound_http_retries() -> None:
+    for name, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(name, value)
+
+
 def client(uri: str):
     from pipelines.tracking.store import open_client  # retries write collisions (many trainings, one store)
 
+    bound_http_retries()
     return open_client(uri)
 
 
