@@ -134,7 +134,7 @@ def test_ray_job_stop_ends_the_run_killed_within_the_grace_period_and_resume_fin
     wait_for_hold(fd, lambda: "RUNNING" in job_status(job_id) or "PENDING" in job_status(job_id))
     stop = cluster.run(["ray", "job", "stop", "--address", cluster.dashboard, job_id], timeout_s=120)
     assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert "STOPPED" in job_status(job_id)
+    assert f"Job '{job_id}' was stopped" in job_status(job_id)
     logs = cluster.run(["ray", "job", "logs", "--address", cluster.dashboard, job_id]).stdout
     assert "vaezoo train: stopped by SIGTERM" in logs, logs[-3000:]
     stopped = assert_stopped_at_the_hold(out, tracking, logs)
