@@ -26,6 +26,7 @@ Who does what:
 A restarted worker group (`--max-failures`) resumes from Ray's last checkpoint: model,
 optimisers, schedulers, epoch and every rank's RNG state. `--resume` after the driver itself died
 rebuilds the trainer with the same run name and storage path, so Ray finds that checkpoint too.
+SIGTERM or SIGINT to the driver stops the run at the last registered epoch (pipelines/ray_stop.py).
 """
 from __future__ import annotations
 
