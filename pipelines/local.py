@@ -19,6 +19,7 @@ from core.datasets import prepare_run_data
 from core.evaluation import evaluate
 from core.serialization import build_variant, load_state, read_checkpoint, save_model
 from core.training import print_report, save_checkpoint, train
+from pipelines.ray_stop import FROZEN_MARKER, LOCK_FILE
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 _TRACKING_FILES = {"mlflow_run.json", "tracking_outbox.json"}  # the run record, its queue (pipelines/tracking)
@@ -44,7 +45,7 @@ def prepare_output(output: Path, resume: bool) -> dict[str, Any] | None:
 
 
 # What a run folder holds before its first checkpoint: nothing a --resume could continue from.
-_BEFORE_FIRST_CHECKPOINT = _TRACKING_FILES | {"run_config.yaml", "ray_run.json"}
+_BEFORE_FIRST_CHECKPOINT = _TRACKING_FILES | {"run_config.yaml", "ray_run.json", LOCK_FILE, FROZEN_MARKER}
 
 
 def discard_unstarted_run(output: Path) -> bool:

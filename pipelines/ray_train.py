@@ -26,6 +26,7 @@ Who does what:
 A restarted worker group (`--max-failures`) resumes from Ray's last checkpoint: model,
 optimisers, schedulers, epoch and every rank's RNG state. `--resume` after the driver itself died
 rebuilds the trainer with the same run name and storage path, so Ray finds that checkpoint too.
+SIGTERM or SIGINT to the driver stops the run at the last registered epoch (pipelines/ray_stop.py).
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ from core.files import atomic_write, atomic_write_json, atomic_write_text
 from core.serialization import build_variant, load_state, read_checkpoint
 from core.training import print_report, save_checkpoint, train
 from pipelines.local import CHECKPOINT, finish_training, keep_epochs_up_to, prepare_output
+from pipelines.ray_stop import (announce_test_hold, fit_in_thread, freeze_run_folder, is_frozen, run_folder_lock,
+                                test_hold_from_environment, thaw_run_folder)
 
 RAY_RUN = "ray_run.json"
 DEFAULT_STORAGE = "ray_results"
@@ -163,17 +166,26 @@ def _hold_until_killed(pid_file: Path, timeout_s: float = 120.0) -> None:
 
 # -- controller side ----------------------------------------------------------------------------
 
-def _run_folder_callback(output: Path):
+def _run_folder_callback(output: Path, test_hold: dict[str, Any] | None = None):
     from ray.train import UserCallback
 
     class RunFolderCallback(UserCallback):
         """Keeps the run folder up to date as Ray registers each epoch (runs on Ray Train's
-        controller, which Ray places on the driver's node, so `output` is the driver's folder)."""
+        controller, which Ray places on the driver's node, so `output` is the driver's folder).
+        Writes each epoch under the run folder's lock, and nothing once a stopped driver froze
+        the folder (pipelines/ray_stop.py)."""
 
-        def __init__(self, output: Path):
-            self.output = output
+        def __init__(self, output: Path, test_hold: dict[str, Any] | None):
+            self.output, self.test_hold = output, test_hold
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
+            with run_folder_lock(self.output):
+                if is_frozen(self.output):
+                    return
+                epoch = self._write_epoch(metrics, checkpoint)
+            announce_test_hold(self.test_hold, epoch)
+
+        def _write_epoch(self, metrics, checkpoint) -> int:
             glob = {k: v for k, v in metrics[0].items() if k not in WORKER_KEYS}
             epoch = int(glob["epoch"])
             metrics_file = self.output / "metrics.jsonl"
@@ -192,8 +204,9 @@ def _run_folder_callback(output: Path):
                     atomic_write(self.output / CHECKPOINT, lambda tmp: shutil.copyfile(Path(folder) / STATE_FILE, tmp))
             info["history"].append(entry)
             atomic_write_json(info_file, info, newline=False)
+            return epoch
 
-    return RunFolderCallback(output)
+    return RunFolderCallback(output, test_hold)
 
 
 # -- driver side --------------------------------------------------------------------------------
@@ -352,6 +365,10 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     if state is not None:
         keep_epochs_up_to(metrics_file, int(state["epoch"]))
     atomic_write_json(info_file, info, newline=False)
+    thaw_run_folder(output)
+    test_hold = test_hold_from_environment(dict(os.environ))
+    if test_hold is not None and _test_hold_after_report is None:
+        _test_hold_after_report = {"epoch": test_hold["epoch"], "rank": 0, "pid_file": f"{test_hold['file']}.pid"}
     # loaded here for the final evaluation, and so that a bad path (or a bad likelihood) fails before Ray starts
     data = prepare_run_data(config)
 
@@ -392,12 +409,16 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
                 failure_config=FailureConfig(max_failures=max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=3),
                 logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-                callbacks=[_run_folder_callback(output)]),
+                callbacks=[_run_folder_callback(output, test_hold)]),
         )
         started = time.perf_counter()
         try:
             with _EpochPrinter(metrics_file, epoch_hook):
-                result = trainer.fit()
+                try:
+                    result = fit_in_thread(trainer.fit)
+                except BaseException:  # a signal (or an error): report and log only what last.pt holds
+                    freeze_run_folder(output)
+                    raise
         except ray.train.TrainingFailedError as err:
             raise RuntimeError(f"Ray training failed (run {info['name']} in {info['storage_path']}; "
                                f"continue it with --resume): {err}") from err
