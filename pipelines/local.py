@@ -10,6 +10,7 @@ Run folder layout (`--output DIR`):
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,7 @@ from core.datasets import prepare_run_data
 from core.evaluation import evaluate
 from core.serialization import build_variant, load_state, read_checkpoint, save_model
 from core.training import print_report, save_checkpoint, train
-from pipelines.ray_stop import FROZEN_MARKER, LOCK_FILE
+from pipelines.ray_stop import FROZEN_MARKER, LOCK_FILE, hold_in_process, test_hold_from_environment
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 _TRACKING_FILES = {"mlflow_run.json", "tracking_outbox.json"}  # the run record, its queue (pipelines/tracking)
@@ -110,6 +111,8 @@ def run_local(config: RunConfig, output: Path, resume: bool = False, final_nll_s
     if state is not None:
         keep_epochs_up_to(metrics_file, int(state["epoch"]))
 
+    test_hold = test_hold_from_environment(dict(os.environ))
+
     def report(metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         # Metrics before the checkpoint: a kill in between repeats the epoch on resume, and
         # keep_epochs_up_to drops the stale line, so every epoch appears exactly once.
@@ -119,6 +122,7 @@ def run_local(config: RunConfig, output: Path, resume: bool = False, final_nll_s
         if epoch_hook is not None:
             epoch_hook(metrics)
         print_report(metrics)
+        hold_in_process(test_hold, int(metrics["epoch"]))
 
     started = time.perf_counter()
     variant = train(config, report=report, resume=state, data=data)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -96,3 +97,16 @@ def announce_test_hold(hold: dict[str, object] | None, epoch: int) -> None:
     if hold is not None and hold["epoch"] == epoch:
         with open(str(hold["file"]), "a") as f:
             f.write(f"{epoch}\n")
+
+
+def hold_in_process(hold: dict[str, object] | None, epoch: int, timeout_s: float = 240.0) -> None:
+    """TEST ONLY, in-process training: after epoch E's checkpoint, announce it and wait for the
+    test's signal; the CLI's handler raises out of the wait, so the stop lands exactly at the epoch
+    boundary. Not stopped by the deadline: fail rather than train on unheld."""
+    if hold is None or hold["epoch"] != epoch:
+        return
+    announce_test_hold(hold, epoch)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # a wait the signal handler interrupts, not timing
+    raise RuntimeError(f"test hold: not stopped within {timeout_s:.0f}s of epoch {epoch}")

@@ -7,6 +7,7 @@ dim background, so the classes are easy to separate and there is structure for a
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -182,3 +183,22 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def open_hold(tmp_path: Path, epoch: int) -> tuple[str, int]:
+    """A training hold at `epoch` (VAEZOO_TEST_HOLD_AT_EPOCH, pipelines/ray_stop.py): the value to
+    set, and a FIFO the training writes the epoch to when it holds, opened for reading without blocking."""
+    fifo = tmp_path / "hold.fifo"
+    os.mkfifo(fifo)
+    return f"{epoch}:{fifo}", os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+
+def wait_for_hold(fd: int, epoch: int, alive, timeout_s: float = 240.0) -> None:
+    """Until the training announces the hold; fails at the deadline or when the training ends first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready and os.read(fd, 64).decode().strip() == str(epoch):
+            return
+        assert alive(), "the training ended before reaching the hold"
+    raise AssertionError(f"the training did not reach epoch {epoch} within {timeout_s:.0f}s")

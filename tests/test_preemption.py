@@ -1,7 +1,10 @@
 """Preemption: SIGTERM (Kubernetes, SLURM, spot reclaim) and SIGINT sent for real to a
 `vaezoo train` subprocess. The step in progress is abandoned; the checkpoint is the last complete
 epoch's; the MLflow run ends KILLED; the exit status is 143 or 130. `--resume` continues the same
-MLflow run to FINISHED, and ends with exactly the weights of an uninterrupted run."""
+MLflow run to FINISHED, and ends with exactly the weights of an uninterrupted run.
+
+The training holds after epoch HOLD_EPOCH's checkpoint (VAEZOO_TEST_HOLD_AT_EPOCH, announced on
+a FIFO), so the signal lands at a known epoch boundary without sleeping for timing."""
 from __future__ import annotations
 
 import json
@@ -9,17 +12,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_images, write_idx_folder
+from conftest import make_images, open_hold, wait_for_hold, write_idx_folder
 
 from core.serialization import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 20  # long enough to be stopped mid-run, a few seconds in all
+EPOCHS, HOLD_EPOCH = 4, 2
 TINY = ["--variant", "vae", "--epochs", str(EPOCHS), "--set", "model.hidden_dims=[16]", "--latent-dim", "2",
         "--batch-size", "64", "--final-nll-samples", "5", "--set", "train.eval_nll_samples=2",
         "--set", "train.eval_nll_examples=16", "--set", "data.binarize=dynamic", "--no-progress", "--num-workers", "0",
@@ -66,22 +68,22 @@ def run_status(tmp_path: Path, output: Path):
 def test_signal_ends_the_run_killed_and_resume_finishes_it_like_an_uninterrupted_run(data_folder, uninterrupted,
                                                                                        tmp_path, signum, status):
     env, out = environment(tmp_path), tmp_path / "stopped"
-    proc = subprocess.Popen(train_command(data_folder, out), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while epochs_done(out) < 2:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "no epoch finished in time"
-        time.sleep(0.05)  # polling a condition with a deadline, not timing
-    proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=120)
+    hold, fd = open_hold(tmp_path, HOLD_EPOCH)
+    proc = subprocess.Popen(train_command(data_folder, out), env=env | {"VAEZOO_TEST_HOLD_AT_EPOCH": hold},
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_hold(fd, HOLD_EPOCH, lambda: proc.poll() is None)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == status, stderr[-2000:]
 
-    # The checkpoint is the last complete epoch; metrics.jsonl may be one epoch ahead (its line is
-    # written just before the checkpoint), and the resume drops that line.
-    kept = read_checkpoint(out / "checkpoints" / "last.pt")["epoch"]
-    assert 1 <= kept < EPOCHS and epochs_done(out) in (kept, kept + 1)
-    assert f"holds epoch {kept}, the last complete one" in stderr
+    # Stopped at the epoch boundary: the checkpoint and metrics.jsonl both end at the held epoch.
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == HOLD_EPOCH
+    assert epochs_done(out) == HOLD_EPOCH
+    assert f"holds epoch {HOLD_EPOCH}, the last complete one" in stderr
     run = run_status(tmp_path, out)
     assert run.info.status == "KILLED"
     assert not (out / "model.safetensors").exists()

@@ -13,15 +13,13 @@ The cluster is test_ray_jobs.py's (two `ray start` nodes, one CPU each, a tempor
 from __future__ import annotations
 
 import json
-import os
-import select
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import open_hold, wait_for_hold
 from test_ray_jobs import BIN, REPO, cluster, make_idx_data, train_args  # noqa: F401 - cluster is a fixture
 
 from core.serialization import read_checkpoint
@@ -34,24 +32,6 @@ EPOCHS, HOLD_EPOCH = 2, 1
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_idx_data(tmp_path_factory.mktemp("data"))
-
-
-def open_hold(tmp_path: Path) -> tuple[str, int]:
-    """A FIFO the controller writes to when the hold is reached, opened for reading without blocking."""
-    fifo = tmp_path / "hold.fifo"
-    os.mkfifo(fifo)
-    return f"{HOLD_EPOCH}:{fifo}", os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-
-
-def wait_for_hold(fd: int, alive, timeout_s: float = 240.0) -> None:
-    """Until the controller announces the hold; fails at the deadline or when the training ends first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if ready and os.read(fd, 64).decode().strip() == str(HOLD_EPOCH):
-            return
-        assert alive(), "the training ended before reaching the hold"
-    raise AssertionError(f"the training did not reach epoch {HOLD_EPOCH} within {timeout_s:.0f}s")
 
 
 def mlflow_run(tracking: str, output: Path):
@@ -87,7 +67,7 @@ def assert_resumed_to_the_end(output: Path, tracking: str, stopped_run) -> None:
 def test_signal_to_the_driver_in_fit_ends_the_run_killed_and_resume_finishes_it(cluster, data, tmp_path, signum,
                                                                                  status):
     out, tracking = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    hold, fd = open_hold(tmp_path)
+    hold, fd = open_hold(tmp_path, HOLD_EPOCH)
     command = [str(BIN / "vaezoo"), *train_args(data, out, epochs=EPOCHS), "--address", cluster.address,
                "--no-register"]
     env = cluster.env | {"MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -95,7 +75,7 @@ def test_signal_to_the_driver_in_fit_ends_the_run_killed_and_resume_finishes_it(
         proc = subprocess.Popen(command, env=env | {"VAEZOO_TEST_HOLD_AT_EPOCH": hold}, cwd=tmp_path,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for_hold(fd, lambda: proc.poll() is None)
+            wait_for_hold(fd, HOLD_EPOCH, lambda: proc.poll() is None)
             proc.send_signal(signum)  # the driver is waiting in fit(): the workers are held
             returncode = proc.wait(timeout=60)
         finally:
@@ -115,7 +95,7 @@ def test_ray_job_stop_ends_the_run_killed_within_the_grace_period_and_resume_fin
     """`ray job stop` sends SIGTERM to the driver, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S
     (default 3 s, unset here): a run left RUNNING or no stop line would mean the driver was killed."""
     out, tracking = tmp_path / "job-run", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    hold, fd = open_hold(tmp_path)
+    hold, fd = open_hold(tmp_path, HOLD_EPOCH)
     base_env = {"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": tracking}
     excludes = ["runs/", "*.safetensors", "mlflow.db", "mlartifacts/"]
 
@@ -131,7 +111,7 @@ def test_ray_job_stop_ends_the_run_killed_within_the_grace_period_and_resume_fin
 
     job_id = f"vaezoo-stop-{uuid.uuid4().hex[:8]}"
     assert submit(job_id, base_env | {"VAEZOO_TEST_HOLD_AT_EPOCH": hold}, wait=False).returncode == 0
-    wait_for_hold(fd, lambda: "RUNNING" in job_status(job_id) or "PENDING" in job_status(job_id))
+    wait_for_hold(fd, HOLD_EPOCH, lambda: "RUNNING" in job_status(job_id) or "PENDING" in job_status(job_id))
     stop = cluster.run(["ray", "job", "stop", "--address", cluster.dashboard, job_id], timeout_s=120)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert f"Job '{job_id}' was stopped" in job_status(job_id)
