@@ -18,10 +18,12 @@ every 0.2 s; `at_peak` splits it into private heaps, object-store pages and the 
 `idle_pss_mib` is that sum for Ray right after start-up, before any data. The local cluster gets
 a fixed object store (`--object-store-mib`, 1 GiB) so runs compare; Ray's default is 30% of RAM.
 `rows_per_second` counts the encoding job alone (for Ray: not the cluster start, which
-`startup_seconds` gives).
+`startup_seconds` gives). `ratios_to_loop` divides each Ray run's rows/s and peak memory by the
+loop's of the same round and takes the median over `--rounds` (interleaved runs: on a shared
+machine the load moves between runs).
 
     python benchmarks/encode_throughput.py [--sizes 70000,700000] [--workers 1,2] [--loop-threads 0]
-                                           [--batch-size 1024] [--object-store-mib 1024] [--no-save]
+                                           [--batch-size 1024] [--object-store-mib 1024] [--rounds 1] [--no-save]
 
 Prints one JSON document and, unless --no-save, merges it into benchmarks/results.json under
 "encode_throughput" with the command line, UTC date and machine (benchmarks/_results.py).
@@ -225,12 +227,37 @@ def measure(cmd: list[str]) -> dict:
     return result
 
 
+def ratios_to_loop(results: list[dict]) -> list[dict]:
+    """Per size and Ray actor count: the median over rounds of Ray's rows/s and peak memory, each
+    divided by the loop's of the same round (the loop run with the most threads), so a shared
+    machine's load shifts both sides of a ratio alike."""
+    import statistics
+
+    out = []
+    for size in sorted({r["rows"] for r in results}):
+        loops = [r for r in results if r["rows"] == size and r["mode"] == "loop"]
+        loops = [r for r in loops if r["threads"] == max(x["threads"] for x in loops)]  # torch's default: all cores
+        for workers in sorted({r["workers"] for r in results if r["rows"] == size and r["mode"] == "ray"}):
+            rays = [r for r in results if r["rows"] == size and r["mode"] == "ray" and r["workers"] == workers]
+            pairs = list(zip(loops, rays))
+            if pairs:
+                out.append({"rows": size, "workers": workers, "rounds": len(pairs),
+                            "rows_per_second": round(statistics.median(r["rows_per_second"] / lp["rows_per_second"]
+                                                                       for lp, r in pairs), 3),
+                            "peak_pss": round(statistics.median(r["peak_pss_mib"] / lp["peak_pss_mib"]
+                                                                for lp, r in pairs), 3)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="70000,700000", help="row counts, multiples of 70000")
     parser.add_argument("--workers", default="1,2", help="actor-pool sizes to measure")
     parser.add_argument("--loop-threads", default="0", help="torch threads of the plain loop (0: torch's default)")
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the loop and every Ray configuration this many times, interleaved; ratios to the "
+                             "loop are taken within a round, then the median (default 1)")
     parser.add_argument("--hidden", default="400")
     parser.add_argument("--latent", type=int, default=20)
     parser.add_argument("--object-store-mib", type=int, default=1024,
@@ -254,7 +281,7 @@ def main() -> None:
                 raise SystemExit(f"--sizes: {size} is not a multiple of {BASE_ROWS}")
             data = make_idx(tmp / f"data-{size}", size // BASE_ROWS)
             runs = ([("loop", int(t)) for t in args.loop_threads.split(",") if t]
-                    + [("ray", int(w)) for w in args.workers.split(",") if w])
+                    + [("ray", int(w)) for w in args.workers.split(",") if w]) * args.rounds
             for mode, workers in runs:
                 out = tmp / f"out-{size}-{mode}-{workers}"
                 cmd = [sys.executable, __file__, "--batch-size", str(args.batch_size),
@@ -270,6 +297,8 @@ def main() -> None:
         import torch
 
         emit("encode_throughput", {
+            "rounds": args.rounds, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "ratios_to_loop": ratios_to_loop(results),
             "benchmark": "encode_throughput",
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "torch": torch.__version__, "ray": ray.__version__},
