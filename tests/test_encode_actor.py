@@ -91,3 +91,12 @@ def test_default_cpus_per_actor_split_the_machine_only_on_a_local_cluster():
     # The local cluster holds the actors' CPUs and 2 more for the write tasks beside them.
     assert local_cluster_cpus(2, 3.0) == max(4, cores, 8)
     assert local_cluster_cpus(1, 1.0) == max(4, cores)
+
+
+@pytest.mark.parametrize("cpus", [0, -1.5])
+def test_cpus_per_worker_must_be_positive(tmp_path, cpus):
+    from pipelines.encode import EncodeError, run_encode
+
+    with pytest.raises(EncodeError, match="--cpus-per-worker must be positive"):
+        run_encode(str(tmp_path / "model"), ["fashion-mnist"], tmp_path / "out", cpus_per_worker=cpus)
+    assert not (tmp_path / "out").exists()
