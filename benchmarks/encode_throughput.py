@@ -4,11 +4,12 @@ Both encode the same IDX data (Fashion-MNIST's train + test, 70,000 rows, and th
 repeated ten times, 700,000 rows) with the same model (the default MLP: hidden [400], latent 20,
 untrained: weights do not change the cost) and write the same Parquet schema:
 
-* `ray`: `pipelines.encode.run_encode` (streaming read, actor pool, write_parquet), for each
-  `--workers` count, on a local Ray cluster started in the measured process;
+* `ray`: `pipelines.encode.run_encode` (streaming read fused into the actor pool, write_parquet),
+  for each `--workers` count, on the local Ray cluster `vaezoo encode` would start (each actor
+  reserves the machine's CPUs split over the actors, and runs that many torch threads);
 * `loop`: the way one writes it by hand: load the split into memory (core.datasets.load_split),
-  `variant.encode` batch by batch, a pyarrow ParquetWriter; once with torch's default threads
-  and once with one thread (what each Ray actor gets: one CPU).
+  `variant.encode` batch by batch, a pyarrow ParquetWriter; with torch's default threads
+  (`--loop-threads 0`) and any fixed counts given.
 
 Each run is a fresh process in its own session. Peak memory is the largest sum, over every
 process of that session (the driver, and for Ray its GCS, raylet and workers), of the
@@ -17,10 +18,12 @@ every 0.2 s; `at_peak` splits it into private heaps, object-store pages and the 
 `idle_pss_mib` is that sum for Ray right after start-up, before any data. The local cluster gets
 a fixed object store (`--object-store-mib`, 1 GiB) so runs compare; Ray's default is 30% of RAM.
 `rows_per_second` counts the encoding job alone (for Ray: not the cluster start, which
-`startup_seconds` gives).
+`startup_seconds` gives). `ratios_to_loop` divides each Ray run's rows/s and peak memory by the
+loop's of the same round and takes the median over `--rounds` (interleaved runs: on a shared
+machine the load moves between runs).
 
-    python benchmarks/encode_throughput.py [--sizes 70000,700000] [--workers 1,2] [--loop-threads 0,1]
-                                           [--batch-size 1024] [--object-store-mib 1024] [--no-save]
+    python benchmarks/encode_throughput.py [--sizes 70000,700000] [--workers 1,2] [--loop-threads 0]
+                                           [--batch-size 1024] [--object-store-mib 1024] [--rounds 1] [--no-save]
 
 Prints one JSON document and, unless --no-save, merges it into benchmarks/results.json under
 "encode_throughput" with the command line, UTC date and machine (benchmarks/_results.py).
@@ -86,19 +89,24 @@ def child_ray(model: str, data: str, out: str, workers: int, batch_size: int, ob
     import ray
 
     from pipelines.encode import run_encode
+    from pipelines.encode.job import default_cpus_per_worker, local_cluster_cpus
 
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=max(4, workers + 2), include_dashboard=False, logging_level="ERROR",
+    # The cluster `vaezoo encode` would start for itself (its CPUs split over the actors).
+    num_cpus = local_cluster_cpus(workers, default_cpus_per_worker(workers, local=True))
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
              log_to_driver=False, object_store_memory=(object_store_mib << 20) if object_store_mib else None)
     startup = time.perf_counter() - started
     print("READY", flush=True)
     time.sleep(2.0)  # let the parent sample the idle cluster
     print("GO", flush=True)
-    summary = run_encode(model, [data], out, split="all", batch_size=batch_size, num_workers=workers)
+    summary = run_encode(model, [data], out, split="all", batch_size=batch_size, num_workers=workers,
+                         cpus_per_worker=default_cpus_per_worker(workers, local=True))
     seconds = summary["seconds"]
     ray.shutdown()
     return {"rows": summary["rows"], "seconds": seconds, "startup_seconds": round(startup, 2),
-            "files": summary["files"]}
+            "files": summary["files"], "cpus_per_worker": summary["cpus_per_worker"],
+            "torch_threads_per_worker": summary["torch_threads_per_worker"]}
 
 
 def child_loop(model: str, data: str, out: str, batch_size: int, threads: int) -> dict:
@@ -219,12 +227,37 @@ def measure(cmd: list[str]) -> dict:
     return result
 
 
+def ratios_to_loop(results: list[dict]) -> list[dict]:
+    """Per size and Ray actor count: the median over rounds of Ray's rows/s and peak memory, each
+    divided by the loop's of the same round (the loop run with the most threads), so a shared
+    machine's load shifts both sides of a ratio alike."""
+    import statistics
+
+    out = []
+    for size in sorted({r["rows"] for r in results}):
+        loops = [r for r in results if r["rows"] == size and r["mode"] == "loop"]
+        loops = [r for r in loops if r["threads"] == max(x["threads"] for x in loops)]  # torch's default: all cores
+        for workers in sorted({r["workers"] for r in results if r["rows"] == size and r["mode"] == "ray"}):
+            rays = [r for r in results if r["rows"] == size and r["mode"] == "ray" and r["workers"] == workers]
+            pairs = list(zip(loops, rays))
+            if pairs:
+                out.append({"rows": size, "workers": workers, "rounds": len(pairs),
+                            "rows_per_second": round(statistics.median(r["rows_per_second"] / lp["rows_per_second"]
+                                                                       for lp, r in pairs), 3),
+                            "peak_pss": round(statistics.median(r["peak_pss_mib"] / lp["peak_pss_mib"]
+                                                                for lp, r in pairs), 3)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="70000,700000", help="row counts, multiples of 70000")
     parser.add_argument("--workers", default="1,2", help="actor-pool sizes to measure")
-    parser.add_argument("--loop-threads", default="0,1", help="torch threads of the plain loop (0: torch's default)")
+    parser.add_argument("--loop-threads", default="0", help="torch threads of the plain loop (0: torch's default)")
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the loop and every Ray configuration this many times, interleaved; ratios to the "
+                             "loop are taken within a round, then the median (default 1)")
     parser.add_argument("--hidden", default="400")
     parser.add_argument("--latent", type=int, default=20)
     parser.add_argument("--object-store-mib", type=int, default=1024,
@@ -248,7 +281,7 @@ def main() -> None:
                 raise SystemExit(f"--sizes: {size} is not a multiple of {BASE_ROWS}")
             data = make_idx(tmp / f"data-{size}", size // BASE_ROWS)
             runs = ([("loop", int(t)) for t in args.loop_threads.split(",") if t]
-                    + [("ray", int(w)) for w in args.workers.split(",") if w])
+                    + [("ray", int(w)) for w in args.workers.split(",") if w]) * args.rounds
             for mode, workers in runs:
                 out = tmp / f"out-{size}-{mode}-{workers}"
                 cmd = [sys.executable, __file__, "--batch-size", str(args.batch_size),
@@ -264,6 +297,8 @@ def main() -> None:
         import torch
 
         emit("encode_throughput", {
+            "rounds": args.rounds, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "ratios_to_loop": ratios_to_loop(results),
             "benchmark": "encode_throughput",
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "torch": torch.__version__, "ray": ray.__version__},

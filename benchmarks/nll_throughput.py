@@ -18,6 +18,7 @@ measurement as train_throughput.py), and the time projected for k=5000 over all 
 
     python benchmarks/nll_throughput.py [--k 5000] [--images 1000] [--baseline-images 200] [--no-save]
     python benchmarks/nll_throughput.py --images 10000      # the full protocol, measured
+    python benchmarks/nll_throughput.py --device cuda      # on a GPU: its fp32 matmul peak, key nll_throughput_cuda
 
 Prints one JSON object and, unless --no-save, merges it into benchmarks/results.json under
 "nll_throughput" with the command line, UTC date and machine (benchmarks/_results.py).
@@ -43,9 +44,9 @@ PROTOCOL_K, PROTOCOL_IMAGES = 5000, 10_000
 
 
 @torch.no_grad()
-def baseline_nll(variant, ds, k: int) -> float:
+def baseline_nll(variant, ds, k: int, device: str = "cpu") -> float:
     total = 0.0
-    for batch in iterate_batches(ds, 100):
+    for batch in iterate_batches(ds, 100, device=device):
         log_px = estimate_log_likelihood(lambda m: variant.log_weights(batch, m), k, chunk_size=500)
         total -= log_px.sum().item()
     return total / len(ds)
@@ -71,28 +72,32 @@ def main() -> None:
     parser.add_argument("--baseline-images", type=int, default=200,
                         help="test images for the baseline estimator (default 200; 0 skips it)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each; the fastest counts (default 1)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model and batches live")
     add_save_argument(parser)
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    device = args.device
     torch.manual_seed(0)
     cfg = RunConfig.from_dict({"variant_name": "vae", "model": {"hidden_dims": [HIDDEN], "latent_dim": LATENT}})
     test = prepare_split(load_split("fashion-mnist", "test").take(args.images), "dynamic", "test")
-    variant = build_variant(cfg, test.shape, test.num_classes).eval()
-    peak = matmul_peak_flops()
+    variant = build_variant(cfg, test.shape, test.num_classes).to(device).eval()
+    peak = matmul_peak_flops(device=device)
     protocol_flops = nll_flops(PROTOCOL_IMAGES, PROTOCOL_K, PIXELS, [HIDDEN], LATENT)
 
-    negative_log_likelihood(variant, test.take(20), 100)  # warm-up (thread pool, allocator), not timed
-    baseline_nll(variant, test.take(20), 100)
-    runs = [("vaezoo", len(test), lambda: negative_log_likelihood(variant, test, args.k))]
+    negative_log_likelihood(variant, test.take(20), 100, device=device)  # warm-up (threads, allocator), not timed
+    baseline_nll(variant, test.take(20), 100, device)
+    runs = [("vaezoo", len(test), lambda: negative_log_likelihood(variant, test, args.k, device=device))]
     if args.baseline_images > 0:
         base = test.take(min(args.baseline_images, len(test)))
-        runs.append(("baseline", len(base), lambda: baseline_nll(variant, base, args.k)))
+        runs.append(("baseline", len(base), lambda: baseline_nll(variant, base, args.k, device)))
     rows = {}
     for name, images, fn in runs:
         r = measure(fn, images, args.k, args.repeats)
         rate = r.pop("flops_per_sec")
         rows[name] = {**r, "gflops": round(rate / 1e9, 1), "share_of_matmul_peak": round(rate / peak, 3),
                       f"projected_seconds_k{PROTOCOL_K}_{PROTOCOL_IMAGES}_images": round(protocol_flops / rate)}
-    result = {"benchmark": "nll_throughput", "k": args.k, "images": len(test), "torch_threads": torch.get_num_threads(),
+    result = {"benchmark": "nll_throughput", "k": args.k, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "images": len(test), "torch_threads": torch.get_num_threads(),
               "matmul_peak_gflops": round(peak / 1e9, 1),
               "useful_mflop_per_image": round(nll_flops(1, args.k, PIXELS, [HIDDEN], LATENT) / 1e6, 1),
               "results": rows}
@@ -100,7 +105,7 @@ def main() -> None:
         result["targets_met"] = {"share_of_matmul_peak_ge_0.4": rows["vaezoo"]["share_of_matmul_peak"] >= 0.4}
     if "baseline" in rows:
         result["speedup_vs_baseline"] = round(rows["vaezoo"]["samples_per_sec"] / rows["baseline"]["samples_per_sec"], 2)
-    emit("nll_throughput", result, args.save)
+    emit("nll_throughput" + ("_cuda" if device == "cuda" else ""), result, args.save)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Data: Fashion-MNIST from /usr/share/datasets/fashion-mnist when installed (the f
 (784-400-20, Bernoulli, dynamic binarisation), batch size 128.
 
     python benchmarks/ray_overhead.py [--train-size 10000] [--epochs 3] [--repeats 2] [--no-save]
+    python benchmarks/ray_overhead.py --address 127.0.0.1:6379 --overhead-only   # joining a running cluster
 
 Runs without RAY_ADDRESS (each Ray command starts its own local cluster) unless --address is
 given. Progress goes to stderr; one JSON object to stdout, which (unless --no-save) is also
@@ -85,7 +86,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the throughput runs (default 3; the first is a warm-up)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each one-epoch overhead command (default 2)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--address", help="a Ray cluster to join instead of starting one per command")
+    parser.add_argument("--address", help="a Ray cluster to join instead of starting one per command "
+                                          "(results.json key ray_overhead_address)")
+    parser.add_argument("--overhead-only", action="store_true", help="only the one-epoch overhead commands")
     add_save_argument(parser)
     args = parser.parse_args()
 
@@ -110,33 +113,40 @@ def main() -> None:
             return r
 
         overhead = {}
-        for label, workers in (("in_process", 0), ("ray_1_worker", 1)):
-            runs = [run(1, workers) for _ in range(args.repeats)]
+        # Interleaved (in-process, Ray, in-process, Ray, ...): on a shared machine the load moves,
+        # and each pair's difference sees about the same load on both sides.
+        pairs = [(run(1, 0), run(1, 1)) for _ in range(args.repeats)]
+        for label, side in (("in_process", 0), ("ray_1_worker", 1)):
+            runs = [pair[side] for pair in pairs]
             overhead[label] = {"wall_s": [round(r["wall_s"], 2) for r in runs],
                                "wall_s_median": round(statistics.median(r["wall_s"] for r in runs), 2),
                                "train_seconds_median": statistics.median(r["train_seconds"] for r in runs)}
         overhead["ray_minus_in_process_s"] = round(overhead["ray_1_worker"]["wall_s_median"]
                                                    - overhead["in_process"]["wall_s_median"], 2)
+        overhead["ray_minus_in_process_s_per_pair"] = [round(ray["wall_s"] - local["wall_s"], 2) for local, ray in pairs]
+        overhead["ray_minus_in_process_s_median_of_pairs"] = round(statistics.median(
+            ray["wall_s"] - local["wall_s"] for local, ray in pairs), 2)
 
         throughput = {}
-        for label, workers in (("in_process", 0), ("ray_1_worker", 1), ("ray_2_workers", 2)):
+        for label, workers in () if args.overhead_only else (("in_process", 0), ("ray_1_worker", 1), ("ray_2_workers", 2)):
             r = run(args.epochs, workers)
             steady = r["images_per_sec"][1:] or r["images_per_sec"]
             throughput[label] = {"images_per_sec_per_epoch": [round(v) for v in r["images_per_sec"]],
                                  "images_per_sec": round(statistics.median(steady)), "wall_s": round(r["wall_s"], 2)}
-        throughput["speedup_2_vs_1_workers"] = round(throughput["ray_2_workers"]["images_per_sec"]
-                                                     / throughput["ray_1_worker"]["images_per_sec"], 3)
+        if throughput:
+            throughput["speedup_2_vs_1_workers"] = round(throughput["ray_2_workers"]["images_per_sec"]
+                                                         / throughput["ray_1_worker"]["images_per_sec"], 3)
 
     import torch
 
-    emit("ray_overhead", {
+    emit("ray_overhead_address" if args.address else "ray_overhead", {
         "benchmark": "ray_overhead",
         "machine": {"cpus": os.cpu_count(), "torch_threads_in_process": torch.get_num_threads(),
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "setup": {"data": source, "train_size": args.train_size, "batch_size": 128, "model": "mlp 784-400-20 bernoulli",
                   "cpus_per_worker": args.cpus_per_worker, "cluster": args.address or "local, started by each command"},
         "overhead_one_epoch": overhead,
-        "throughput": throughput,
+        **({"throughput": throughput} if throughput else {}),
     }, args.save)
 
 

@@ -137,6 +137,8 @@ def encode_parser() -> argparse.ArgumentParser:
 def test_fashion_mnist_test_split_equals_direct_encoding(fashion_output, model, fashion_test):
     out, summary = fashion_output
     assert summary["rows"] == 10_000 and summary["source"] == "idx"
+    # A Ray already initialised counts as joined: 1 CPU per actor, as its one torch thread.
+    assert summary["cpus_per_worker"] == 1 and summary["torch_threads_per_worker"] == 1
     table = read_sorted(out)
     assert_exactly(table, 10_000)
     assert np.array_equal(table.column("label").to_numpy(), fashion_test.labels.numpy())
@@ -515,5 +517,6 @@ def test_cli_parser_defaults(model_dir):
     args = encode_parser().parse_args(["encode", "--model", "m", "--input", "a.parquet", "b.parquet", "--output", "o"])
     assert args.input == ["a.parquet", "b.parquet"] and args.split is None and args.batch_size == 1024
     assert args.num_workers == 1 and not args.use_gpu and not args.overwrite
+    assert args.cpus_per_worker is None  # run_encode picks: the machine split over the actors locally, else 1
     with pytest.raises(SystemExit):
         encode_parser().parse_args(["encode", "--model", "m", "--input", "x", "--output", "o", "--split", "val"])

@@ -6,7 +6,10 @@ The pipeline is Ray Data end to end and streams, so memory stays flat as the inp
    decodes images in its read tasks into blocks of (id, label, pixels as uint8 C*H*W); a part is
    read block by block, so no task holds more than a few MiB of pixels;
 2. encode: `map_batches` on an actor pool; each actor loads the model once (from the bytes of
-   its config.json and model.safetensors, shipped with the actor, so it works on any node);
+   its config.json and model.safetensors, shipped with the actor, so it works on any node),
+   runs as many torch threads as the CPUs it reserves, and calls the model on `batch_size` rows
+   at a time. Ray fuses the read into the actors (same resources, whole blocks): no read worker
+   processes, and blocks reach the model without crossing the object store;
 3. write: `write_parquet` with an explicit schema into a staging folder beside the output.
 
 Output schema (every file carries it, with JSON provenance under the schema metadata key

@@ -33,6 +33,9 @@ def add_encode_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--label-column", default="label", help="Parquet column with integer labels, if any (default label)")
     p.add_argument("--batch-size", type=int, default=1024, help="images per model call (default 1024)")
     p.add_argument("--num-workers", type=int, default=1, help="encoder actors, each loads the model once (default 1)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved per encoder actor, each a torch thread (default: on a local cluster the "
+                        "machine's CPUs split over the actors; on a cluster joined with --address, 1)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per encoder actor")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it holds earlier encode output")
     p.add_argument("--rows-per-file", type=int, default=100_000,
@@ -55,7 +58,7 @@ def cmd_encode(args) -> int:
             summary = run_encode(
                 args.model, args.input, args.output, split=args.split, data_dir=args.data_dir,
                 image_column=args.image_column, label_column=args.label_column, batch_size=args.batch_size,
-                num_workers=args.num_workers, use_gpu=args.use_gpu, overwrite=args.overwrite,
+                num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu, overwrite=args.overwrite,
                 rows_per_file=args.rows_per_file, address=args.address,
                 progress=not args.no_progress and sys.stderr.isatty())
     finally:

@@ -46,12 +46,21 @@ def encode_pixels(variant, pixels: np.ndarray, labels: np.ndarray | None = None,
 
 
 class LatentEncoder:
-    """The actor: loads the model once, then turns (id, label, pixels) batches into output rows."""
+    """The actor: loads the model once, then turns (id, label, pixels) blocks into output rows,
+    calling the model on `batch_size` rows at a time (a block is what a read task yields: the read
+    runs fused in this actor, so blocks arrive in-process, without a copy)."""
 
-    def __init__(self, model_files: dict[str, bytes], schema_bytes: bytes, device: str = "cpu"):
+    def __init__(self, model_files: dict[str, bytes], schema_bytes: bytes, device: str = "cpu",
+                 torch_threads: int = 1, batch_size: int = 1024):
         import tempfile
 
+        import torch
+
         from core.serialization import load_model
+
+        # Ray gives an actor one torch thread unless told: use every CPU it reserves.
+        torch.set_num_threads(max(1, torch_threads))
+        self.batch_size = batch_size
 
         with tempfile.TemporaryDirectory(prefix="vaezoo-model-") as folder:
             for name, blob in model_files.items():
@@ -72,7 +81,14 @@ class LatentEncoder:
         if label_col.null_count < n:
             valid = label_col.is_valid().to_numpy(zero_copy_only=False)
             labels = label_col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        mean, logvar = encode_pixels(self.variant, x, labels, valid, ids.to_numpy(), self.device)
+        id_values = ids.to_numpy()
+        mean = np.empty((n, self.latent_dim), np.float32)
+        logvar = np.empty_like(mean)
+        for s in range(0, n, self.batch_size):
+            rows = slice(s, s + self.batch_size)
+            mean[rows], logvar[rows] = encode_pixels(
+                self.variant, x[rows], None if labels is None else labels[rows],
+                None if valid is None else valid[rows], id_values[rows], self.device)
         d = self.latent_dim
         return pa.Table.from_arrays(
             [ids, label_col, pa.FixedSizeListArray.from_arrays(pa.array(mean.reshape(-1)), d),
