@@ -27,8 +27,9 @@ of it training reaches, counting the matmul FLOPs of forward and backward (see
 `train_flops_per_image` there: the weight gradient of every layer and the input gradient of every
 layer but the first; elementwise work is not counted).
 
-    python benchmarks/train_throughput.py [--batch-sizes 128 512] [--epochs 3] [--train-images N] [--fused-adam]
-                                          [--device cuda] [--autocast bf16] [--compile] [--no-save]
+    python benchmarks/train_throughput.py [--batch-sizes 128 512] [--epochs 3] [--train-images N] [--rounds N] [--fused-adam]
+                                          [--no-pythae] [--no-ray] [--ray-workers 1 2] [--device cuda]
+                                          [--autocast bf16] [--compile] [--no-save]
 
 `--fused-adam` trains vaezoo with `train.fused_adam=true` (opt-in: faster, but not bit for bit
 the default optimiser's steps); the reference keeps torch's default Adam. `--device cuda` runs
@@ -51,6 +52,7 @@ import gzip
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -188,6 +190,8 @@ def main() -> None:
     parser.add_argument("--ray-workers", type=int, nargs="+", default=[1, 2],
                         help="Ray Train rows with these numbers of workers, sharing every CPU (default 1 2)")
     parser.add_argument("--no-pythae", action="store_true", help="skip pythae even when it is installed")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every configuration this many times in turn and keep the medians (default 1)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both train (default cpu)")
     parser.add_argument("--autocast", default="off", choices=["off", "bf16"], help="vaezoo's train.autocast")
     parser.add_argument("--compile", action="store_true", help="vaezoo with train.compile=true (torch.compile)")
@@ -204,46 +208,62 @@ def main() -> None:
     peer = None if args.no_pythae else pythae_version()
     peer_inputs = {b: pythae_inputs(b, args.train_images) for b in ("none", "static")} if peer else {}
     rows = []
-    for bs in args.batch_sizes:
-        ref = reference_throughput(root, bs, args.epochs, args.train_images, args.device)
-        ours = vaezoo_throughput(bs, args.epochs, "static", args.train_images, args.fused_adam, **options)
-        dyn = vaezoo_throughput(bs, args.epochs, "dynamic", args.train_images, args.fused_adam, **options)
+    def in_process_rates(bs: int) -> dict[str, float]:
+        rates = {"reference": reference_throughput(root, bs, args.epochs, args.train_images, args.device),
+                 "static": vaezoo_throughput(bs, args.epochs, "static", args.train_images, args.fused_adam, **options),
+                 "dynamic": vaezoo_throughput(bs, args.epochs, "dynamic", args.train_images, args.fused_adam, **options)}
         if peer:
-            grey = pythae_throughput(peer_inputs["none"], bs, args.epochs, args.device)
-            same_bits = pythae_throughput(peer_inputs["static"], bs, args.epochs, args.device)
-            peer_row = {"pythae_grey_levels_images_per_sec": round(grey),
-                        "pythae_same_bits_images_per_sec": round(same_bits),
-                        # vaezoo dynamic vs pythae grey: each with its defaults
-                        "vaezoo_vs_pythae_defaults": round(dyn / grey, 2),
-                        # vaezoo static vs pythae on the same static bits
-                        "vaezoo_vs_pythae_same_bits": round(ours / same_bits, 2)}
+            rates["pythae_grey"] = pythae_throughput(peer_inputs["none"], bs, args.epochs, args.device)
+            rates["pythae_same_bits"] = pythae_throughput(peer_inputs["static"], bs, args.epochs, args.device)
+        return rates
+
+    # --rounds N measures every configuration N times, round after round, and keeps each one's
+    # median: on a shared machine the load drifts, and rounds spread it over every configuration.
+    measured = {bs: [in_process_rates(bs) for _ in range(args.rounds)] for bs in args.batch_sizes}
+    for bs in args.batch_sizes:
+        m = {k: statistics.median(r[k] for r in measured[bs]) for k in measured[bs][0]}
+        ours, dyn = m["static"], m["dynamic"]
         rows.append({
             "batch_size": bs,
-            "reference_images_per_sec": round(ref),
+            "reference_images_per_sec": round(m["reference"]),
             "vaezoo_images_per_sec": round(ours),
             "vaezoo_dynamic_binarisation_images_per_sec": round(dyn),
-            "speedup_vs_reference": round(ours / ref, 2),
+            "speedup_vs_reference": round(ours / m["reference"], 2),
             "vaezoo_train_gflops": round(ours * TRAIN_FLOPS_PER_IMAGE / 1e9, 1),
             "share_of_matmul_peak": round(ours * TRAIN_FLOPS_PER_IMAGE / peak, 3),
-            **(peer_row if peer else {}),
         })
+        if peer:
+            rows[-1].update({
+                "pythae_grey_levels_images_per_sec": round(m["pythae_grey"]),
+                "pythae_same_bits_images_per_sec": round(m["pythae_same_bits"]),
+                "vaezoo_vs_pythae_defaults": round(dyn / m["pythae_grey"], 2),  # vaezoo dynamic vs pythae grey
+                "vaezoo_vs_pythae_same_bits": round(ours / m["pythae_same_bits"], 2),  # both on the static bits
+            })
         if bf16_peak:
             rows[-1]["share_of_bf16_matmul_peak"] = round(ours * TRAIN_FLOPS_PER_IMAGE / bf16_peak, 3)
     if not args.no_ray:
-        # After the in-process rows: a running Ray cluster's own processes would slow them. One Ray
-        # session for every batch size (Ray Train cannot start again in a process whose earlier
-        # session was shut down); the worker gets every CPU, as the in-process loop does.
+        # After the in-process rows, with the in-process loop measured again beside each Ray run
+        # (the load of a shared machine drifts between the two phases; the idle Ray cluster takes
+        # about 3% of one core). One Ray session for every batch size (Ray Train cannot start again
+        # in a process whose earlier session was shut down); one worker gets every CPU, as the
+        # in-process loop does, and two share them.
         from pipelines.ray_connect import connect
 
         connect(None, num_cpus=os.cpu_count())
         for r in rows:
-            for workers in args.ray_workers:
-                on_ray = ray_throughput(r["batch_size"], args.epochs, args.train_images, os.cpu_count(),
-                                        use_gpu=args.device == "cuda", autocast=args.autocast, compile=args.compile,
-                                        workers=workers)
+            bs, pairs = r["batch_size"], {w: [] for w in args.ray_workers}
+            for _ in range(args.rounds):
+                for workers in args.ray_workers:
+                    beside = vaezoo_throughput(bs, args.epochs, "static", args.train_images, args.fused_adam, **options)
+                    on_ray = ray_throughput(bs, args.epochs, args.train_images, os.cpu_count(),
+                                            use_gpu=args.device == "cuda", autocast=args.autocast,
+                                            compile=args.compile, workers=workers)
+                    pairs[workers].append((beside, on_ray))
+            for workers, runs in pairs.items():
                 tag = f"ray_{workers}_worker{'s' if workers > 1 else ''}"
-                r[f"vaezoo_{tag}_images_per_sec"] = round(on_ray)
-                r[f"{tag}_vs_in_process"] = round(on_ray / r["vaezoo_images_per_sec"], 2)
+                r[f"vaezoo_{tag}_images_per_sec"] = round(statistics.median(ray for _, ray in runs))
+                r[f"vaezoo_in_process_beside_{tag}_images_per_sec"] = round(statistics.median(ip for ip, _ in runs))
+                r[f"{tag}_vs_in_process"] = round(statistics.median(ray / ip for ip, ray in runs), 2)
     # Issue #7's targets: >= 1.25x the reference at batch 128, >= 50% of the matmul peak at batch 512.
     # Issue #20's: with defaults >= 1.25x pythae at 128 and >= 1.4x at 512; Ray with one worker
     # >= 0.95x in-process at both.
@@ -268,7 +288,7 @@ def main() -> None:
                 "matmul_peak_gflops": round(peak / 1e9, 1),
                 "bf16_matmul_peak_gflops": round(bf16_peak / 1e9, 1) if bf16_peak else None,
                 "train_mflop_per_image": round(TRAIN_FLOPS_PER_IMAGE / 1e6, 3),
-                "epochs_measured": args.epochs - 1, "vaezoo_fused_adam": args.fused_adam,
+                "epochs_measured": args.epochs - 1, "rounds": args.rounds, "vaezoo_fused_adam": args.fused_adam,
                 "train_images": args.train_images or 60000, "pythae": peer, "results": rows,
                 "targets_met": targets}, args.save)
 
