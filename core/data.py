@@ -258,14 +258,35 @@ def static_binarize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return torch.bernoulli(probs, generator=gen).mul_(255).to(torch.uint8)
 
 
+# 2**32 = 255 * 16843009 + 1: a 32-bit draw modulo 255 gives threshold 0 one extra time in 2**32.
+_DRAWS_PER_THRESHOLD = 16_843_009
+
+
+def dynamic_binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh Bernoulli draw per pixel of uint8 images, as floats 0/1: pixel x is 1 when x > t,
+    t uniform in {0, ..., 254}, so P(1 | x) = x / 255. Done in uint8 (one integer draw and a
+    compare) rather than torch.bernoulli on x / 255, which costs about 10x more per batch.
+
+    Exactly, torch draws t as a 32-bit integer modulo 255, so P(1 | x) = (16843009 x + 1) / 2**32
+    for x >= 1 (0 for x = 0, 1 for x = 255): within 2.4e-10 of x / 255 (`dynamic_one_probability`)."""
+    thresholds = torch.randint(0, 255, images.shape, dtype=torch.uint8, generator=generator, device=images.device)
+    return torch.gt(images, thresholds).to(torch.float32)
+
+
+def dynamic_one_probability(level: int) -> float:
+    """The exact probability that `dynamic_binarize` sets a pixel of grey level `level` (0..255)."""
+    return 0.0 if level == 0 else (_DRAWS_PER_THRESHOLD * level + 1) / 2**32
+
+
 def to_float(images: torch.Tensor, dynamic: bool = False, generator: torch.Generator | None = None,
              dequantized: bool = False) -> torch.Tensor:
     """uint8 images to floats in [0, 1]; `dynamic` draws a fresh Bernoulli sample (dynamic
-    binarisation), `dequantized` fresh uniform noise: (x + u) / 256."""
+    binarisation, `dynamic_binarize`), `dequantized` fresh uniform noise: (x + u) / 256."""
     if dequantized:
         return dequantize(images, torch.rand(images.shape, generator=generator, device=images.device))
-    x = images.float().div_(255.0)
-    return torch.bernoulli(x, generator=generator) if dynamic else x
+    if dynamic:
+        return dynamic_binarize(images, generator)
+    return images.float().div_(255.0)
 
 
 # 8-bit images dequantised to [0, 1): a continuous density p on (x + u) / 256 bounds the discrete

@@ -73,6 +73,11 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False) -
     if address:
         ray.init(address=address, **quiet)
         return "joined"
+    # Ray runs its workers at niceness 15 (worker_niceness) so that its own daemons stay
+    # responsive; on a machine shared with other work that starves a training worker (the same
+    # loop in-process runs at niceness 0). A local cluster is this command's own: its workers run
+    # at the driver's priority, as a Ray job's driver does (Ray's job manager sets 0 for it).
     with _loopback_node_ip() if mode == LOOPBACK else contextlib.nullcontext():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 _system_config={"worker_niceness": 0}, **quiet)
     return "started"

@@ -1,0 +1,51 @@
+"""Dynamic binarisation draws each pixel's bit with the stated probability: x / 255 up to torch's
+32-bit modulo draw (core.data.dynamic_binarize), measured per grey level over many draws."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from core.batches import TrainingSource
+from core.data import ImageDataset, dynamic_binarize, dynamic_one_probability, to_float
+
+DRAWS_PER_LEVEL = 20_000
+
+
+def test_the_stated_probability_is_x_over_255_within_its_modulo_bias():
+    for level in range(256):
+        assert abs(dynamic_one_probability(level) - level / 255) <= 2**-32
+    assert dynamic_one_probability(0) == 0.0 and dynamic_one_probability(255) == 1.0
+
+
+def test_the_frequency_of_ones_per_grey_level_matches_the_stated_probability():
+    levels = torch.arange(256, dtype=torch.uint8)
+    images = levels.repeat(DRAWS_PER_LEVEL, 1).reshape(DRAWS_PER_LEVEL, 1, 16, 16)  # every level in every image
+    bits = dynamic_binarize(images, torch.Generator().manual_seed(0))
+    assert bits.dtype == torch.float32 and set(bits.unique().tolist()) <= {0.0, 1.0}
+    ones = bits.reshape(DRAWS_PER_LEVEL, 256).sum(0).double()
+    for level in range(256):
+        p = dynamic_one_probability(level)
+        # Five binomial standard deviations (a false alarm about once in 10**4 runs of all 256
+        # levels; the seed is fixed).
+        bound = 5 * math.sqrt(DRAWS_PER_LEVEL * p * (1 - p))
+        assert abs(ones[level].item() - DRAWS_PER_LEVEL * p) <= bound, (level, ones[level].item(), DRAWS_PER_LEVEL * p)
+    # The ends are certain (a draw of x / 256 would leave about 78 zeros at level 255) ...
+    assert ones[0] == 0 and ones[255] == DRAWS_PER_LEVEL
+    # ... and over all levels together, five standard deviations are about 0.5 of x / 255 - x / 256.
+    expected = [DRAWS_PER_LEVEL * dynamic_one_probability(x) for x in range(256)]
+    spread = math.sqrt(sum(e * (1 - e / DRAWS_PER_LEVEL) for e in expected))
+    assert abs(ones.sum().item() - sum(expected)) <= 5 * spread
+    assert abs(sum(DRAWS_PER_LEVEL * x / 256 for x in range(256)) - sum(expected)) > 10 * spread
+
+
+def test_training_batches_draw_fresh_bits_from_the_torch_generator():
+    images = torch.full((64, 1, 4, 4), 128, dtype=torch.uint8)
+    source = TrainingSource(ImageDataset(images, None, 0, "grey"), dynamic=True, device=torch.device("cpu"))
+    idx = torch.arange(64)
+    torch.manual_seed(5)
+    first, second = source.batch(idx).x, source.batch(idx).x
+    torch.manual_seed(5)
+    assert torch.equal(source.batch(idx).x, first)  # reproducible from the seed
+    assert not torch.equal(first, second)  # a new draw per batch
+    assert torch.equal(to_float(images), images.float() / 255)  # without dynamic: the grey levels
