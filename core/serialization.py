@@ -6,7 +6,6 @@ A saved model is a folder: `config.json` (the run config, data shape, classes, v
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,27 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from core.config import RunConfig
 from core.files import atomic_write, atomic_write_json
+from core.model_folder import (CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelLoadError,  # noqa: F401 - re-exported
+                               checked_shape_and_classes, package_version, read_metadata)
 from core.networks import DataShape
 from core.objectives import make_objective
 from core.registry import get_variant
 from core.variant import Variant
-
-FORMAT_VERSION = 1
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-
-
-class ModelLoadError(ValueError):
-    """A model folder that is missing, corrupt, or does not match its config."""
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vae-zoo")
-    except PackageNotFoundError:
-        return "0+unknown"
-
 
 def build_variant(config: RunConfig, shape: DataShape, num_classes: int) -> Variant:
     cls = get_variant(config.variant_name)
@@ -73,32 +57,12 @@ def save_model(variant: Variant, config: RunConfig, directory: str | os.PathLike
     return directory
 
 
-def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
-    directory = Path(directory)
-    path = directory / CONFIG_FILE
-    if not directory.is_dir():
-        raise ModelLoadError(f"{directory}: no such model folder")
-    if not path.is_file():
-        raise ModelLoadError(f"{directory}: not a vae-zoo model ({CONFIG_FILE} missing)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelLoadError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(f"{path}: unsupported model format {meta.get('format_version') if isinstance(meta, dict) else '?'}")
-    return meta
-
-
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Variant, RunConfig]:
     directory = Path(directory)
     meta = read_metadata(directory)
     try:
         config = RunConfig.from_dict(meta["config"])
-        shape, num_classes = meta["data_shape"], meta["num_classes"]
-        if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and v >= 1 for v in shape)):
-            raise ModelLoadError(f"data_shape must be 3 positive integers (channels, height, width), got {shape!r}")
-        if type(num_classes) is not int or num_classes < 0:
-            raise ModelLoadError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+        shape, num_classes = checked_shape_and_classes(meta)
         variant = build_variant(config, DataShape(*shape), num_classes)
     except KeyError as err:
         raise ModelLoadError(f"{directory / CONFIG_FILE}: no {err} entry") from None

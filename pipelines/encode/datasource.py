@@ -1,10 +1,67 @@
-"""The Ray Data datasource: one read task per planned part."""
+"""The Ray Data datasource: one read task per planned part, decoding one block ahead."""
 from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
 
 import numpy as np
 
 from pipelines.encode.readers import read_part
 from pipelines.encode.sources import Source
+
+READ_AHEAD_BLOCKS = 2  # decoded blocks waiting for the model, per read task
+
+
+def read_ahead(blocks: Iterator, depth: int = READ_AHEAD_BLOCKS) -> Iterator:
+    """`blocks`, produced by a thread at most `depth` items ahead of the consumer.
+
+    The read runs fused in the encoder actor: without this, decompressing or decoding the next
+    block waits for the model call on this one. zlib, Pillow, Arrow and torch all release the GIL,
+    so the two overlap on separate cores. An error in the thread is raised here, in order; a
+    consumer that stops early stops the thread.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        handoff.put((block, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item = (done, None)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+            item = (done, err)
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=produce, name="vaezoo-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            block, err = handoff.get()
+            if block is done:
+                if err is not None:
+                    raise err
+                return
+            yield block
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def _make_datasource(source: Source, shape):
@@ -27,8 +84,8 @@ def _make_datasource(source: Source, shape):
             for part in source.parts:
                 meta = BlockMetadata(num_rows=part.rows, size_bytes=part.rows * row_bytes, exec_stats=None,
                                      input_files=[part.path] if part.path else None)
-                tasks.append(ReadTask(lambda part=part: read_part(part, shape, source.image_column,
-                                                                  source.label_column), meta))
+                tasks.append(ReadTask(lambda part=part: read_ahead(read_part(part, shape, source.image_column,
+                                                                             source.label_column)), meta))
             return tasks
 
     return LatentInputDatasource()

@@ -51,12 +51,12 @@ class LatentEncoder:
     runs fused in this actor, so blocks arrive in-process, without a copy)."""
 
     def __init__(self, model_files: dict[str, bytes], schema_bytes: bytes, device: str = "cpu",
-                 torch_threads: int = 1, batch_size: int = 1024):
+                 torch_threads: int = 1, batch_size: int = 1024, model_path: str = "the model folder"):
         import tempfile
 
         import torch
 
-        from core.serialization import load_model
+        from core.serialization import ModelLoadError, load_model
 
         # Ray gives an actor one torch thread unless told: use every CPU it reserves.
         torch.set_num_threads(max(1, torch_threads))
@@ -65,7 +65,10 @@ class LatentEncoder:
         with tempfile.TemporaryDirectory(prefix="vaezoo-model-") as folder:
             for name, blob in model_files.items():
                 Path(folder, name).write_bytes(blob)
-            self.variant, _ = load_model(folder, device=device)
+            try:
+                self.variant, _ = load_model(folder, device=device)
+            except ModelLoadError as err:  # the driver read only config.json: bad input, told as such
+                raise EncodeError(str(err).replace(folder, model_path)) from None
         self.device = device
         self.shape = self.variant.shape.as_tuple()
         self.schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))

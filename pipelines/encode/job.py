@@ -170,13 +170,15 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
         _check_replaceable(output)
     clean_stale_staging(output)
 
-    from core.serialization import CONFIG_FILE, WEIGHTS_FILE, load_model, package_version, read_metadata
+    from core.model_folder import CONFIG_FILE, WEIGHTS_FILE, describe_model, package_version
 
     model_dir = _resolve_model(str(model))
-    variant, config = load_model(model_dir)  # fails early, with the model's own message
-    model_meta = read_metadata(model_dir)
-    shape = variant.shape.as_tuple()
-    latent_dim = config.model.latent_dim
+    # The driver reads the model's config.json and never imports torch (a second or more, and
+    # its memory, on the command's critical path): the actors build the model, and a model that
+    # fails to build (weights that do not fit the config) stops the job with the model's message.
+    described = describe_model(model_dir)
+    shape = described.shape
+    latent_dim = described.latent_dim
     source = plan_source(inputs, shape, split=split, data_dir=data_dir, image_column=image_column,
                          label_column=label_column)
     if source.num_rows == 0:
@@ -188,9 +190,9 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
         "model_uri": str(model) if registered or ":/" in str(model) else str(model_dir.resolve()),
         "model_name": registered, "model_version": version,
         "model_sha256": _sha256(model_dir / WEIGHTS_FILE),
-        "model_vae_zoo_version": model_meta.get("vae_zoo_version"),
-        "variant": config.variant_name, "latent_dim": latent_dim, "data_shape": list(shape),
-        "num_classes": variant.num_classes, "model_binarize": config.data.binarize,
+        "model_vae_zoo_version": described.vae_zoo_version,
+        "variant": described.variant_name, "latent_dim": latent_dim, "data_shape": list(shape),
+        "num_classes": described.num_classes, "model_binarize": described.binarize,
         "preprocessing": PREPROCESSING, "source": source.info, "split": split if source.kind != "idx" else (split or "test"),
         "num_rows": source.num_rows,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -198,7 +200,6 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
     }
     schema = output_schema(latent_dim, metadata)
     model_files = {name: (model_dir / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
-    del variant
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_path(output)
@@ -231,13 +232,13 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
             # task per part; the actor calls the model on `batch_size` rows at a time.
             resources = {"num_cpus": cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
             ds = ray.data.read_datasource(_make_datasource(source, shape), override_num_blocks=len(source.parts),
-                                          ray_remote_args={**resources, "scheduling_strategy": "DEFAULT"})
+                                          **resources)
             ds = ds.map_batches(
                 LatentEncoder, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
                 compute=ray.data.ActorPoolStrategy(size=num_workers),
                 fn_constructor_kwargs={"model_files": model_files, "schema_bytes": schema.serialize().to_pybytes(),
                                        "device": "cuda" if use_gpu else "cpu", "torch_threads": torch_threads,
-                                       "batch_size": batch_size},
+                                       "batch_size": batch_size, "model_path": str(model_dir)},
                 **resources)
             ds.write_parquet(str(staging), schema=schema, min_rows_per_file=rows_per_file,
                              max_rows_per_file=rows_per_file)
@@ -263,5 +264,5 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
     seconds = time.perf_counter() - started
     return {"output": str(output), "rows": source.num_rows, "files": len(files), "seconds": round(seconds, 3),
             "rows_per_second": round(source.num_rows / seconds, 1), "model": str(model),
-            "variant": config.variant_name, "latent_dim": latent_dim, "source": source.kind,
+            "variant": described.variant_name, "latent_dim": latent_dim, "source": source.kind,
             "num_workers": num_workers, "cpus_per_worker": cpus_per_worker, "torch_threads_per_worker": torch_threads}

@@ -64,7 +64,7 @@ def _pixel_block(ids: np.ndarray, labels: pa.Array | np.ndarray | None, pixels: 
 
 
 def _read_idx_part(part: Part, shape) -> Iterator[pa.Table]:
-    from core.data import DataError, read_idx_rows
+    from core.idx import DataError, read_idx_rows
 
     stream, header = _open_idx(Path(part.path))
     layout = _idx_image_layout(header.dims, header.dtype, header.path, shape)

@@ -57,8 +57,8 @@ def _model_shape_str(shape: tuple[int, int, int]) -> str:
 
 
 def _open_idx(path: Path):
-    """core.data's streaming IDX reader, its DataError told as an EncodeError (same message)."""
-    from core.data import DataError, open_idx
+    """core.idx's streaming IDX reader, its DataError told as an EncodeError (same message)."""
+    from core.idx import DataError, open_idx
 
     try:
         return open_idx(path)
@@ -67,7 +67,7 @@ def _open_idx(path: Path):
 
 
 def _idx_image_layout(dims: tuple[int, ...], dtype: np.dtype, path: Path, shape: tuple[int, int, int]) -> str:
-    """How the IDX images map to the model's (C, H, W) (as core.data reads them), or an error."""
+    """How the IDX images map to the model's (C, H, W) (as core.idx reads them), or an error."""
     if dtype != np.uint8:
         raise EncodeError(f"{path}: image IDX files must hold uint8 pixels, found {dtype}")
     c, h, w = shape
@@ -95,13 +95,13 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _is_idx_folder(folder: Path) -> bool:
-    from core.data import SPLIT_FILES
+    from core.idx import SPLIT_FILES
 
     return any(_find_idx(folder, images) for images, _ in SPLIT_FILES.values())
 
 
 def _plan_idx(folder: Path, split: str, shape: tuple[int, int, int], first_id: int) -> tuple[list[Part], int, dict]:
-    from core.data import SPLIT_FILES
+    from core.idx import SPLIT_FILES
 
     image_stem, label_stem = SPLIT_FILES[split]
     image_path = _find_idx(folder, image_stem)
@@ -133,7 +133,7 @@ def _plan_idx(folder: Path, split: str, shape: tuple[int, int, int], first_id: i
 
 
 def _resolve_dataset_folder(name: str, data_dir: str | None) -> Path:
-    from core.data import SYSTEM_LOCATIONS
+    from core.idx import SYSTEM_LOCATIONS
 
     if data_dir is not None:
         folder = Path(data_dir)
