@@ -481,6 +481,19 @@ def test_use_gpu_without_gpus_is_refused(ray_session, model_dir, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_weights_that_do_not_fit_the_config_stop_the_job_in_one_line(ray_session, model_dir, tmp_path):
+    """The driver reads only config.json (no torch); the actor builds the model and its error is
+    bad input, with the model folder's own path, and nothing is written."""
+    bad = tmp_path / "bad-model"
+    shutil.copytree(model_dir, bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["config"]["model"]["hidden_dims"] = [16]  # the weights are for [32]
+    (bad / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(EncodeError, match=rf"^{bad}/model.safetensors: weights do not fit this vae model"):
+        enc.run_encode(str(bad), ["fashion-mnist"], tmp_path / "out", split="test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-model"]
+
+
 def test_variable_length_arrays_name_the_row(ray_session, model_dir, tmp_path):
     rows = [np.zeros(784, np.uint8)] * 20
     rows[13] = np.zeros(780, np.uint8)

@@ -100,3 +100,67 @@ def test_cpus_per_worker_must_be_positive(tmp_path, cpus):
     with pytest.raises(EncodeError, match="--cpus-per-worker must be positive"):
         run_encode(str(tmp_path / "model"), ["fashion-mnist"], tmp_path / "out", cpus_per_worker=cpus)
     assert not (tmp_path / "out").exists()
+
+
+# -- the read, one block ahead of the model (no Ray) -------------------------------------------------
+
+def test_read_ahead_keeps_order_and_raises_the_source_error_after_its_blocks():
+    from pipelines.encode import EncodeError
+    from pipelines.encode.datasource import read_ahead
+
+    def blocks():
+        for i in range(5):
+            yield i
+        raise EncodeError("row 5: cannot decode image")
+
+    got = []
+    with pytest.raises(EncodeError, match="^row 5: cannot decode image$"):
+        for block in read_ahead(blocks(), depth=2):
+            got.append(block)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_read_ahead_stopped_early_closes_the_source_and_its_thread():
+    import threading
+
+    from pipelines.encode.datasource import read_ahead
+
+    closed = []
+
+    def blocks():
+        try:
+            yield from range(1_000)
+        finally:
+            closed.append(True)  # the reader's files are closed here
+
+    ahead = read_ahead(blocks(), depth=2)
+    assert [next(ahead), next(ahead)] == [0, 1]
+    ahead.close()
+    assert closed == [True]
+    assert not any(t.name == "vaezoo-read-ahead" for t in threading.enumerate())
+
+
+# -- the driver: no torch ------------------------------------------------------------------------------
+
+def test_driver_describes_the_model_and_plans_idx_input_without_torch(model_files, tmp_path):
+    """The driver's path (model description, IDX planning, the job module) never imports torch:
+    that import costs the command a second or more and the driver its memory; the actors pay it."""
+    import subprocess
+    import sys
+
+    from core.idx import write_idx
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name, blob in model_files.items():
+        (folder / name).write_bytes(blob)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((7, 28, 28), np.uint8))
+    code = (f"import sys\nfrom pipelines.encode import run_encode\nfrom pipelines.encode.sources import plan_source\n"
+            f"from core.model_folder import describe_model\n"
+            f"d = describe_model({str(folder)!r})\n"
+            f"s = plan_source([{str(tmp_path)!r}], d.shape, split='test')\n"
+            f"print(d.latent_dim, d.shape, s.num_rows, 'torch' in sys.modules)")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo,
+                         env={**os.environ, "PYTHONPATH": repo}, check=True).stdout.split()
+    assert out == [str(LATENT_DIM), "(1,", "28,", "28)", "7", "False"]
