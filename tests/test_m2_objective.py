@@ -14,10 +14,13 @@ from core.model import VAE
 from core.serialization import build_variant
 
 
-@pytest.mark.parametrize("alpha, ce_weight", [(None, 0.1), (2.0, 2.0)])
-def test_m2_loss_equals_a_direct_computation_of_eq_9(monkeypatch, alpha, ce_weight):
+@pytest.mark.parametrize("alpha, ce_weight, labelled_weight", [(None, 0.1, None), (2.0, 2.0, None),
+                                                               (None, 0.1, 1.0), (10.0, 10.0, 0.5)])
+def test_m2_loss_equals_a_direct_computation_of_eq_9(monkeypatch, alpha, ce_weight, labelled_weight):
+    """Eq. 9; and the labelled_weight ablation: w mean L + 1 mean U in place of eq. 9's weights."""
     n, n_labelled = 64, 8
-    config = small_config("m2", options={"num_labels": n_labelled, "alpha": alpha}, latent_dim=3)
+    config = small_config("m2", options={"num_labels": n_labelled, "alpha": alpha,
+                                         "labelled_weight": labelled_weight}, latent_dim=3)
     train_set = make_dataset(n, seed=0)
     torch.manual_seed(0)
     m2 = build_variant(config, train_set.shape, NUM_CLASSES)
@@ -43,7 +46,10 @@ def test_m2_loss_equals_a_direct_computation_of_eq_9(monkeypatch, alpha, ce_weig
     every = torch.stack([bound(x, torch.full((5,), y)) for y in range(NUM_CLASSES)], 1)  # (B, Y)
     unlabelled = (qy * every).sum(1) - (qy * qy.log()).sum(1)  # U(x): label summed out, + entropy
     cross_entropy = -F.log_softmax(m2.classifier(x_l), -1)[torch.arange(3), y_l].mean()
-    eq9 = (n_labelled / n) * bound(x_l, y_l).mean() + ((n - n_labelled) / n) * unlabelled.mean()
+    if labelled_weight is None:
+        eq9 = (n_labelled / n) * bound(x_l, y_l).mean() + ((n - n_labelled) / n) * unlabelled.mean()
+    else:
+        eq9 = labelled_weight * bound(x_l, y_l).mean() + unlabelled.mean()
     assert loss.item() == pytest.approx((-eq9 + ce_weight * cross_entropy).item(), rel=1e-5)
 
 
