@@ -14,37 +14,79 @@ from core.model import VAE
 from core.serialization import build_variant
 
 
-@pytest.mark.parametrize("alpha, ce_weight", [(None, 0.1), (2.0, 2.0)])
-def test_m2_loss_equals_a_direct_computation_of_eq_9(monkeypatch, alpha, ce_weight):
+def direct_bound(m2, x, y):
+    """L(x, y) = log p(x|y,z) + log p(y) - KL(q(z|x,y) || p(z)) at z = the posterior mean."""
+    c = F.one_hot(y, NUM_CLASSES).float()
+    mean, logvar = m2.vae.encoder(x, c)
+    p = torch.sigmoid(m2.vae.decoder(mean, c))
+    log_px = (x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2, 3))
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+    return log_px + math.log(1 / NUM_CLASSES) - kl
+
+
+def at_posterior_mean(monkeypatch):
+    """z at the posterior mean: every term deterministic, so two computations must agree exactly."""
+    monkeypatch.setattr(VAE, "sample_latent", staticmethod(lambda mean, logvar, k=1, generator=None:
+                                                            mean.expand(k, *mean.shape)))
+
+
+@pytest.mark.parametrize("alpha, ce_weight, labelled_weight", [(None, 0.1, None), (2.0, 2.0, None),
+                                                               (None, 0.1, 1.0), (10.0, 10.0, 0.5)])
+def test_m2_loss_equals_a_direct_computation_of_eq_9(monkeypatch, alpha, ce_weight, labelled_weight):
+    """Eq. 9; and the labelled_weight ablation: w mean L + 1 mean U in place of eq. 9's weights."""
     n, n_labelled = 64, 8
-    config = small_config("m2", options={"num_labels": n_labelled, "alpha": alpha}, latent_dim=3)
+    config = small_config("m2", options={"num_labels": n_labelled, "alpha": alpha,
+                                         "labelled_weight": labelled_weight}, latent_dim=3)
     train_set = make_dataset(n, seed=0)
     torch.manual_seed(0)
     m2 = build_variant(config, train_set.shape, NUM_CLASSES)
     m2.prepare_training(TrainingSource(train_set, dynamic=True, device=torch.device("cpu")), config.train)
-    # z at the posterior mean: every term deterministic, so the two computations must agree exactly
-    monkeypatch.setattr(VAE, "sample_latent", staticmethod(lambda mean, logvar, k=1, generator=None:
-                                                            mean.expand(k, *mean.shape)))
+    at_posterior_mean(monkeypatch)
     gen = torch.Generator().manual_seed(1)
     x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.4), generator=gen)
     x_l = torch.bernoulli(torch.full((3, 1, 8, 8), 0.6), generator=gen)
     y_l = torch.tensor([0, 2, 3])
     loss = m2.losses(Batch(x, None, x_l, y_l), ("model",))["model"].loss
 
-    def bound(x, y):  # L(x, y) = log p(x|y,z) + log p(y) - KL(q(z|x,y) || p(z)), z = the mean
-        c = F.one_hot(y, NUM_CLASSES).float()
-        mean, logvar = m2.vae.encoder(x, c)
-        p = torch.sigmoid(m2.vae.decoder(mean, c))
-        log_px = (x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2, 3))
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
-        return log_px + math.log(1 / NUM_CLASSES) - kl
+    def bound(x, y):
+        return direct_bound(m2, x, y)
 
     qy = F.softmax(m2.classifier(x), -1)
     every = torch.stack([bound(x, torch.full((5,), y)) for y in range(NUM_CLASSES)], 1)  # (B, Y)
     unlabelled = (qy * every).sum(1) - (qy * qy.log()).sum(1)  # U(x): label summed out, + entropy
     cross_entropy = -F.log_softmax(m2.classifier(x_l), -1)[torch.arange(3), y_l].mean()
-    eq9 = (n_labelled / n) * bound(x_l, y_l).mean() + ((n - n_labelled) / n) * unlabelled.mean()
+    if labelled_weight is None:
+        eq9 = (n_labelled / n) * bound(x_l, y_l).mean() + ((n - n_labelled) / n) * unlabelled.mean()
+    else:
+        eq9 = labelled_weight * bound(x_l, y_l).mean() + unlabelled.mean()
     assert loss.item() == pytest.approx((-eq9 + ce_weight * cross_entropy).item(), rel=1e-5)
+
+
+def test_label_use_margins_equal_a_direct_computation(monkeypatch):
+    from pipelines.quality.label_use import label_bounds, label_use
+
+    config = small_config("m2", options={"num_labels": 8}, latent_dim=3)
+    torch.manual_seed(2)
+    m2 = build_variant(config, make_dataset(16, seed=0).shape, NUM_CLASSES)
+    at_posterior_mean(monkeypatch)
+    x = torch.bernoulli(torch.full((7, 1, 8, 8), 0.5), generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    bounds = label_bounds(m2, x, samples=3, batch_size=3)  # chunks of 3, 3 and 1 images
+    with torch.no_grad():
+        direct = torch.stack([direct_bound(m2, x, torch.full((7,), c)) for c in range(NUM_CLASSES)], 1)
+    torch.testing.assert_close(bounds, direct, rtol=1e-5, atol=1e-4)
+
+    margins = [direct[i, y[i]].item() - max(direct[i, c].item() for c in range(NUM_CLASSES) if c != y[i])
+               for i in range(7)]
+    hits = [int(direct[i].argmax()) == int(y[i]) for i in range(7)]
+    logits = torch.randn(7, NUM_CLASSES, generator=torch.Generator().manual_seed(5))
+    summary = label_use(direct, y, logits)
+    assert summary["margin_mean"] == pytest.approx(sum(margins) / 7, rel=1e-6)
+    assert summary["generative_accuracy"] == pytest.approx(sum(hits) / 7)
+    assert summary["classifier_accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert [m > 0 for m in margins] == hits
+    with pytest.raises(ValueError, match="bounds must be"):
+        label_use(direct[:3], y)
 
 
 def test_m1_plus_m2_models_the_frozen_m1_posterior_means(tmp_path, prepared):

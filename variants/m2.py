@@ -14,7 +14,15 @@ authors' code, learn_yz_x_ss.py, divides its minibatch sums by n_tot):
     loss = -(N_l / N) mean_labelled L - ((N - N_l) / N) mean_unlabelled U + (alpha / N) mean_labelled CE
 
 so each term is weighted by how often it occurs, and `alpha` is given per example (option
-`alpha`, default 0.1: alpha = 0.1 N). A step draws one batch of the unlabelled data (the whole
+`alpha`, default 0.1: alpha = 0.1 N).
+
+Ablation, not the paper's (option `labelled_weight`, default None = eq. 9's N_l / N): a float w
+replaces the labelled weight and gives the unlabelled mean weight 1,
+
+    loss = -w mean_labelled L - mean_unlabelled U + (alpha / N) mean_labelled CE,
+
+so w = 1 weighs the two batches' means equally, as many reimplementations do. (Eq. 9 gives the
+labelled bound (N_l / N) / ((N - N_l) / N) = 1/79 of the unlabelled one at 100 labels of 8,000.) A step draws one batch of the unlabelled data (the whole
 training split; the labels of its labelled examples are not used there) and a labelled batch of
 `labelled_batch_size` examples beside it; the weights make the step an unbiased estimate of J_alpha
 whatever the ratio of the two batch sizes.
@@ -44,6 +52,9 @@ class M2Options(VariantOptions):
     # None is the paper's 0.1.
     alpha: float | None = Field(None, ge=0, description="alpha / N of eq. 9 (None: the paper's 0.1)")
     labelled_batch_size: int = Field(64, ge=1)
+    # An ablation: the labelled mean bound's weight against the unlabelled mean's 1 (None: eq. 9)
+    labelled_weight: float | None = Field(None, ge=0, description="weight of the mean labelled bound, the "
+                                          "unlabelled mean weighing 1 (None: eq. 9's N_l/N and (N-N_l)/N)")
     m1_run: str | None = Field(None, description="M1+M2: a trained vae model folder whose encoder means M2 models")
 
 
@@ -110,7 +121,10 @@ class M2(Variant):
     num_train: int | None = None  # N, set by prepare_training
 
     def term_weights(self) -> tuple[float, float]:
-        """(N_l / N, (N - N_l) / N): how often a labelled and an unlabelled example occur."""
+        """(N_l / N, (N - N_l) / N): how often a labelled and an unlabelled example occur; or
+        (labelled_weight, 1) when that ablation is set."""
+        if self.options.labelled_weight is not None:
+            return self.options.labelled_weight, 1.0
         if self.num_train is None:
             raise RuntimeError("m2: call prepare_training first (eq. 9 weights its terms by the training set's size)")
         n, n_l = self.num_train, self.options.num_labels
