@@ -50,7 +50,7 @@ class TrainingSource:
         # index_select copies whole rows; images[indices] goes through the general indexing
         # kernel, several times slower on uint8 images.
         x = to_float(self.data.images.index_select(0, indices), self.dynamic, dequantized=self.dequantized)
-        return Batch(x, None if labels is None else labels[indices])
+        return Batch(x, None if labels is None else labels.index_select(0, indices))
 
     def shuffled_batches(self, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
         """Global batches of indices: every example once per epoch, the same on every rank."""

@@ -7,6 +7,7 @@ of: log p(x|z), log p(z), log q(z|x) for k samples and the analytic KL.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -21,11 +22,22 @@ from core.objectives import gaussian_kl, gaussian_log_prob
 @dataclass
 class Terms:
     log_px_z: torch.Tensor  # (k, B)
-    log_pz: torch.Tensor    # (k, B)
-    log_qz: torch.Tensor    # (k, B)
     kl: torch.Tensor        # (B,) analytic KL(q(z|x) || p(z))
     mean: torch.Tensor      # (B, D) posterior mean
     logvar: torch.Tensor    # (B, D)
+    z: torch.Tensor         # (k, B, D) the sampled latents (before any transform)
+    prior_mean: torch.Tensor | None = None  # p(z [| c]); None is the unit Gaussian
+    prior_logvar: torch.Tensor | None = None
+
+    # log p(z) and log q(z|x) are computed when first asked for: the ELBO (analytic KL), the
+    # default objective, needs neither, and a training step then skips both and their gradients.
+    @cached_property
+    def log_pz(self) -> torch.Tensor:  # (k, B)
+        return gaussian_log_prob(self.z, self.prior_mean, self.prior_logvar)
+
+    @cached_property
+    def log_qz(self) -> torch.Tensor:  # (k, B)
+        return gaussian_log_prob(self.z, self.mean, self.logvar)
 
     @property
     def log_w(self) -> torch.Tensor:
@@ -93,13 +105,8 @@ class VAE(nn.Module):
         params = self.decode(z if transform is None else transform(z), c)
         log_px_z = self.likelihood.log_prob(params, target, target_mask)
         prior_mean, prior_logvar = self.prior_params(c)
-        if prior_mean is None:
-            log_pz = gaussian_log_prob(z)
-        else:
-            log_pz = gaussian_log_prob(z, prior_mean, prior_logvar)
-        log_qz = gaussian_log_prob(z, mean, logvar)
         kl = gaussian_kl(mean, logvar, prior_mean, prior_logvar)
-        return Terms(log_px_z, log_pz, log_qz, kl, mean, logvar)
+        return Terms(log_px_z, kl, mean, logvar, z, prior_mean, prior_logvar)
 
     @torch.no_grad()
     def generate(self, n: int, c: torch.Tensor | None = None, generator: torch.Generator | None = None,

@@ -17,6 +17,7 @@ torch.distributed process group exists the loop is data-parallel:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -145,17 +146,22 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
         else:
             torch.manual_seed(tcfg.seed + 1 + rank + 7919 * start_epoch)
 
+    # A no-op context unless bf16 autocast is on (entering a disabled autocast still costs a little each step).
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if tcfg.autocast == "bf16"
+                else contextlib.nullcontext)
     show = tcfg.progress and rank == 0
     on_rank = f"on rank {rank} " if size > 1 else ""
     for epoch in range(start_epoch, tcfg.epochs + 1):
         variant.train()
         batches = variant.epoch_batches(source, tcfg.batch_size, tcfg.seed, epoch)
-        sums: dict[str, torch.Tensor] = {}
-        seen = torch.zeros((), dtype=torch.float64)
+        # Metric sums per optimiser group, one float64 vector each (a step adds every metric in one
+        # op, with no host sync); keyed by the group's metric names.
+        sums: dict[tuple[str, ...], torch.Tensor] = {}
+        seen = 0
         started = time.perf_counter()
         for step, global_idx in enumerate(tqdm(batches, desc=f"epoch {epoch}/{tcfg.epochs}", disable=not show,
                                                leave=False)):
-            local_idx = global_idx.tensor_split(size)[rank]
+            local_idx = global_idx if size == 1 else global_idx.tensor_split(size)[rank]
             # Scaling by the local share makes the averaged gradient the full global-batch mean.
             share = len(local_idx) * size / len(global_idx)
             error: Exception | None = None  # this rank's failure in this step, shared with the others
@@ -170,22 +176,27 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
                     optimizers[name].zero_grad(set_to_none=True)
                 try:
                     if len(local_idx) and error is None:
-                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.autocast == "bf16"):
+                        with autocast():
                             outputs = variant.losses(batch, phase)
                         for i, name in enumerate(phase):
                             out = outputs[name]
-                            if not torch.isfinite(out.loss):
+                            loss_value = out.loss.item()  # one host read (a sync on an accelerator)
+                            if not math.isfinite(loss_value):
                                 raise NonFiniteLossError(
-                                    f"non-finite loss ({out.loss.item()}) {on_rank}at epoch {epoch}, step {step + 1}/{len(batches)}, "
+                                    f"non-finite loss ({loss_value}) {on_rank}at epoch {epoch}, step {step + 1}/{len(batches)}, "
                                     f"optimiser {name!r}, batch of examples {local_idx[:8].tolist()}...; "
                                     f"the last good checkpoint is kept (try a lower train.lr or train.grad_clip)")
+                            loss = out.loss if share == 1.0 else out.loss * share  # x * 1.0 is x: same bits
                             if len(optimizers) == 1:
-                                (out.loss * share).backward()
+                                loss.backward()
                             else:  # each group's loss reaches only its own parameters
-                                (out.loss * share).backward(inputs=groups[name], retain_graph=i < len(phase) - 1)
-                            for key, value in out.metrics.items():
-                                key = metric_name(name, key)
-                                sums[key] = sums.get(key, 0.0) + value.detach().double() * len(local_idx)
+                                loss.backward(inputs=groups[name], retain_graph=i < len(phase) - 1)
+                            if out.metrics:
+                                keys = tuple(metric_name(name, key) for key in out.metrics)
+                                with torch.no_grad():
+                                    step_sums = torch.stack(tuple(out.metrics.values())).double() * len(local_idx)
+                                    sums[keys] = (sums[keys] if keys in sums else
+                                                  torch.zeros_like(step_sums)).add_(step_sums)
                 except Exception as err:
                     if size == 1:
                         raise
@@ -202,8 +213,12 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
         for sched in schedulers.values():
             sched.step()
 
-        names = sorted(sums)
-        packed = all_reduce_sum(torch.stack([torch.as_tensor(sums[n], dtype=torch.float64).cpu() for n in names] + [seen]))
+        totals: dict[str, torch.Tensor] = {}
+        for keys, vector in sums.items():
+            for key, value in zip(keys, vector.cpu()):
+                totals[key] = value if key not in totals else totals[key] + value
+        names = sorted(totals)
+        packed = all_reduce_sum(torch.stack([totals[n] for n in names] + [torch.tensor(seen, dtype=torch.float64)]))
         metrics: dict[str, Any] = {"epoch": epoch}
         metrics.update({f"train/{n}": float(packed[i] / packed[-1]) for i, n in enumerate(names)})
         metrics["train/images_per_sec"] = float(packed[-1]) / seconds

@@ -160,9 +160,10 @@ def test_make_likelihood_follows_the_config(name, cls, per_pixel):
 @pytest.mark.parametrize("k", [None, 3])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_bernoulli_fast_path_equals_bce_bit_for_bit(k, masked, dtype):
-    """Bernoulli.log_prob's fused autograd Function gives exactly the values and gradients of
-    -binary_cross_entropy_with_logits summed over pixels (the plain autograd path)."""
+def test_bernoulli_fast_path_matches_bce(k, masked, dtype):
+    """Bernoulli.log_prob's fused autograd Function gives exactly the gradients of
+    -binary_cross_entropy_with_logits summed over pixels (the plain autograd path), and its values
+    to rounding: within 8 ulps of the float64 value (the BCE path's own error is of that size)."""
     lead = (B,) if k is None else (k, B)
     logits = (torch.randn(*lead, C, H, W, generator=_gen(20), dtype=dtype) * 6)
     logits.view(-1)[:4] = torch.tensor([90.0, -90.0, 1e-9, 0.0], dtype=dtype)  # saturated and tiny logits
@@ -180,6 +181,9 @@ def test_bernoulli_fast_path_equals_bce_bit_for_bit(k, masked, dtype):
         results.append((value.detach(), leaf.grad))
     (fast, fast_grad), (ref, ref_grad) = results
     assert fast.shape == lead
-    assert torch.equal(fast, ref) and torch.equal(fast_grad, ref_grad)
+    assert torch.equal(fast_grad, ref_grad)
+    exact = super(Bernoulli, Bernoulli()).log_prob(logits.double(), x.double(), None if mask is None else mask.double())
+    for value in (fast, ref):
+        torch.testing.assert_close(value.double(), exact, rtol=8 * torch.finfo(dtype).eps, atol=0)
     with torch.no_grad():
-        assert torch.equal(Bernoulli().log_prob(logits, x, mask), ref)
+        assert torch.equal(Bernoulli().log_prob(logits, x, mask), fast)

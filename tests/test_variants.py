@@ -351,9 +351,9 @@ def test_cvae_completion_keeps_the_visible_quadrants(binary_batch):
 
 
 @pytest.mark.parametrize("name", ALL_VARIANTS)
-def test_fused_adam_is_opt_in_and_takes_the_same_steps_up_to_rounding(name):
-    """train.fused_adam switches Adam to torch's fused kernel; off by default (bit-for-bit runs).
-    Both take the same steps but for float rounding."""
+def test_fused_adam_is_the_default_and_takes_the_same_steps_up_to_rounding(name):
+    """train.fused_adam (torch's fused kernel) is the default since issue #20; false takes torch's
+    default Adam, the optimiser of earlier versions. Both take the same steps but for float rounding."""
     data = make_dataset(64, seed=3)
     results = []
     for fused in (False, True):
@@ -371,6 +371,6 @@ def test_fused_adam_is_opt_in_and_takes_the_same_steps_up_to_rounding(name):
             variant.losses(batch, ("model",))["model"].loss.backward()
             opt.step()
         results.append([p.detach().clone() for p in variant.parameters()])
-    assert not small_config(name).train.fused_adam
+    assert small_config(name).train.fused_adam
     for default, fused in zip(*results):
         torch.testing.assert_close(fused, default, rtol=1e-4, atol=1e-5)

@@ -40,7 +40,12 @@ def test_an_older_saved_model_evaluates_exactly_as_before(name, data):
     variant, _ = load_model(MODELS / name)
     torch.manual_seed(0)
     metrics = evaluate(variant, data.test, nll_samples=0)
-    assert metrics == json.loads((MODELS / name / "expected.json").read_text())["test_metrics"]
+    expected = json.loads((MODELS / name / "expected.json").read_text())
+    assert metrics == expected["test_metrics"]
+    # fd1ef8a's own numbers, to the rounding of the log-sigmoid (issue 20 computes the Bernoulli
+    # log-likelihood without log1p: values agree to float32 rounding, not bit for bit)
+    for key, value in expected["test_metrics_fd1ef8a"].items():
+        assert metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
 
 
 # m2's objective changed on purpose (issue 16: Kingma et al.'s eq. 9 weights), so its resumed
@@ -49,6 +54,9 @@ def test_an_older_saved_model_evaluates_exactly_as_before(name, data):
 # torch.bernoulli, a different random stream), so epoch 2's training batches differ from fd1ef8a's:
 # `epoch2_train_metrics` was re-recorded at that change (the fd1ef8a numbers are kept beside it as
 # `epoch2_train_metrics_fd1ef8a`); the old checkpoint's state (weights, optimiser, RNG) still resumes.
+# Issue 20's log1p-free Bernoulli log-likelihood rounds its values differently: `test_metrics` and
+# `epoch2_train_metrics` were re-recorded at that change, fd1ef8a's evaluation kept beside them as
+# `test_metrics_fd1ef8a` and checked to rounding.
 @pytest.mark.parametrize("name", ["vae", "iwae"])
 def test_an_older_checkpoint_resumes_to_the_same_epoch_as_before(name, data):
     checkpoint = read_checkpoint(MODELS / name / "checkpoints" / "epoch1.pt")
