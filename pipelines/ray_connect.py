@@ -12,6 +12,15 @@ from typing import Iterator
 
 BIND_ENV = "VAEZOO_RAY_BIND"
 LOOPBACK, NODE = "loopback", "node"
+_started_here = False  # this process started the local cluster it is connected to
+
+
+def started_local_cluster() -> bool:
+    """True while this process is connected to a local cluster it started through `connect`
+    (so the cluster is this one machine and serves this process alone)."""
+    import ray
+
+    return _started_here and ray.is_initialized()
 
 
 def bind_mode() -> str:
@@ -62,8 +71,10 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False) -
     --address). A joined cluster is left as it was started."""
     import ray
 
+    global _started_here
     if ray.is_initialized():
         return "existing"
+    _started_here = False
     address = address or os.environ.get("RAY_ADDRESS") or None
     mode = bind_mode()  # a bad value fails before anything starts
     # Ray's own loggers at ERROR in this job's processes: without a dashboard (no State API) Ray
@@ -80,4 +91,5 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False) -
     with _loopback_node_ip() if mode == LOOPBACK else contextlib.nullcontext():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  _system_config={"worker_niceness": 0}, **quiet)
+    _started_here = True
     return "started"

@@ -321,7 +321,10 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     import ray
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.ray_connect import started_local_cluster
+    from pipelines.ray_lean import set_local_cluster_defaults, torch_config
 
     if num_workers < 1:
         raise ValueError("--num-workers must be at least 1 for Ray (0 trains in-process)")
@@ -382,6 +385,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
         # ray.init replaces the SIGTERM handler with sys.exit(15): keep the caller's (the CLI's
         # turns SIGTERM into a clean preemption stop that ends the MLflow run KILLED).
         signal.signal(signal.SIGTERM, caller_sigterm)
+    if started_local_cluster():
+        set_local_cluster_defaults()
     try:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         if nodes > 1 and not _is_uri(info["storage_path"]):
@@ -402,7 +407,7 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
         trainer = TorchTrainer(
             _train_worker,
             train_loop_config=loop_config,
-            torch_config=TorchConfig(backend=backend),
+            torch_config=torch_config(backend, num_workers),
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
             run_config=ray.train.RunConfig(
                 name=info["name"], storage_path=info["storage_path"],
