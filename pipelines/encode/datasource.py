@@ -1,4 +1,4 @@
-"""The Ray Data datasource: one read task per planned part, decoding one block ahead."""
+"""The Ray Data datasource: one read task per planned part, decoding up to READ_AHEAD_BLOCKS blocks ahead."""
 from __future__ import annotations
 
 import queue
@@ -25,26 +25,25 @@ def read_ahead(blocks: Iterator, depth: int = READ_AHEAD_BLOCKS) -> Iterator:
     stop = threading.Event()
     done = object()
 
+    def offer(item) -> bool:
+        """Hand `item` to the consumer; False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for block in blocks:
-                while not stop.is_set():
-                    try:
-                        handoff.put((block, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((block, None)):
                     return
             item = (done, None)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
             item = (done, err)
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        offer(item)
 
     thread = threading.Thread(target=produce, name="vaezoo-read-ahead", daemon=True)
     thread.start()
