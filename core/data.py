@@ -142,24 +142,46 @@ def static_binarize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return torch.bernoulli(probs, generator=gen).mul_(255).to(torch.uint8)
 
 
-# 2**32 = 255 * 16843009 + 1: a 32-bit draw modulo 255 gives threshold 0 one extra time in 2**32.
-_DRAWS_PER_THRESHOLD = 16_843_009
+# Dynamic binarisation compares a uniform 15-bit integer u with a threshold per grey level:
+# pixel x is 1 when u < T(x), T(x) = 128 x + ceil(x / 2), so P(1 | x) = T(x) / 2**15. T is within
+# 1/2 of 2**15 x / 255 at every level and exact at both ends (T(0) = 0, T(255) = 2**15).
+_UNIFORM_BITS = 15
+
+
+def _thresholds_less_one(images: torch.Tensor) -> torch.Tensor:
+    """T(x) - 1 = 128 x + floor((x - 1) / 2) in int16 (-1 at x = 0, 2**15 - 1 at x = 255), for u <= T - 1."""
+    levels = images.to(torch.int16)
+    return torch.add(levels.sub(1).bitwise_right_shift_(1), levels, alpha=128)
+
+
+def _uniform_15_bit(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Uniform integers in [0, 2**15) as int16. On the CPU, torch's Mersenne twister makes random
+    bits at about half the rate of numpy's SFC64, so one 63-bit seed drawn from torch's generator
+    (which keeps runs reproducible and resumable from torch's RNG state alone) seeds an SFC64 that
+    makes the batch's bits. Elsewhere torch's own generator (Philox on CUDA) draws them."""
+    n = math.prod(shape)
+    if device.type != "cpu":
+        return torch.randint(0, 2**_UNIFORM_BITS, shape, dtype=torch.int16, generator=generator, device=device)
+    seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+    words = np.random.SFC64(seed).random_raw((n + 3) // 4)  # four 16-bit draws per 64-bit word
+    return torch.from_numpy(words.view(np.int16)[:n]).view(shape).bitwise_and_(2**_UNIFORM_BITS - 1)
 
 
 def dynamic_binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A fresh Bernoulli draw per pixel of uint8 images, as floats 0/1: pixel x is 1 when x > t,
-    t uniform in {0, ..., 254}, so P(1 | x) = x / 255. Done in uint8 (one integer draw and a
-    compare) rather than torch.bernoulli on x / 255, which costs about 10x more per batch.
+    """A fresh Bernoulli draw per pixel of uint8 images, as floats 0/1: pixel x is 1 with
+    probability `dynamic_one_probability(x)`, within 1.6e-5 of x / 255 and exact at 0 and 255.
 
-    Exactly, torch draws t as a 32-bit integer modulo 255, so P(1 | x) = (16843009 x + 1) / 2**32
-    for x >= 1 (0 for x = 0, 1 for x = 255): within 2.4e-10 of x / 255 (`dynamic_one_probability`)."""
-    thresholds = torch.randint(0, 255, images.shape, dtype=torch.uint8, generator=generator, device=images.device)
-    return torch.gt(images, thresholds).to(torch.float32)
+    A 15-bit uniform integer and a compare per pixel, in int16: about 3x cheaper at batch 512 than
+    the draw it replaced (a torch.randint threshold in {0..254} per pixel, one Mersenne-twister call
+    each), and 10x cheaper than torch.bernoulli on x / 255."""
+    uniform = _uniform_15_bit(images.shape, generator, images.device)
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    return torch.le(uniform, _thresholds_less_one(images), out=out)
 
 
 def dynamic_one_probability(level: int) -> float:
     """The exact probability that `dynamic_binarize` sets a pixel of grey level `level` (0..255)."""
-    return 0.0 if level == 0 else (_DRAWS_PER_THRESHOLD * level + 1) / 2**32
+    return (128 * level + (level + 1) // 2) / 2**_UNIFORM_BITS
 
 
 def to_float(images: torch.Tensor, dynamic: bool = False, generator: torch.Generator | None = None,

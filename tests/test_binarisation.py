@@ -1,5 +1,6 @@
-"""Dynamic binarisation draws each pixel's bit with the stated probability: x / 255 up to torch's
-32-bit modulo draw (core.data.dynamic_binarize), measured per grey level over many draws."""
+"""Dynamic binarisation draws each pixel's bit with the stated probability: x / 255 up to the
+15-bit resolution of its uniform draw (core.data.dynamic_binarize), exactly per threshold and
+measured per grey level over many draws."""
 from __future__ import annotations
 
 import math
@@ -7,15 +8,29 @@ import math
 import torch
 
 from core.batches import TrainingSource
-from core.data import ImageDataset, dynamic_binarize, dynamic_one_probability, to_float
+from core.data import ImageDataset, _thresholds_less_one, dynamic_binarize, dynamic_one_probability, to_float
 
 DRAWS_PER_LEVEL = 20_000
 
 
-def test_the_stated_probability_is_x_over_255_within_its_modulo_bias():
+def test_the_stated_probability_is_x_over_255_within_half_a_15_bit_step():
     for level in range(256):
-        assert abs(dynamic_one_probability(level) - level / 255) <= 2**-32
+        assert abs(dynamic_one_probability(level) - level / 255) <= 2**-16
     assert dynamic_one_probability(0) == 0.0 and dynamic_one_probability(255) == 1.0
+
+
+def test_each_threshold_admits_exactly_the_stated_share_of_the_15_bit_draws():
+    # u <= t for u uniform in {0, ..., 2**15 - 1} happens (t + 1) / 2**15 of the time.
+    thresholds = _thresholds_less_one(torch.arange(256, dtype=torch.uint8)).tolist()
+    assert [(t + 1) / 2**15 for t in thresholds] == [dynamic_one_probability(x) for x in range(256)]
+
+
+def test_any_shape_and_the_given_generator():
+    images = torch.randint(0, 256, (3, 1, 5, 5), dtype=torch.uint8)  # 75 pixels: not whole 64-bit words
+    first = dynamic_binarize(images, torch.Generator().manual_seed(1))
+    assert first.shape == images.shape and torch.equal(first, dynamic_binarize(images, torch.Generator().manual_seed(1)))
+    assert torch.equal(first[images == 0], torch.zeros(int((images == 0).sum())))
+    assert torch.equal(first[images == 255], torch.ones(int((images == 255).sum())))
 
 
 def test_the_frequency_of_ones_per_grey_level_matches_the_stated_probability():
