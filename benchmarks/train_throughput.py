@@ -233,6 +233,7 @@ def main() -> None:
             "speedup_vs_reference": round(ours / m["reference"], 2),
             "vaezoo_train_gflops": round(ours * TRAIN_FLOPS_PER_IMAGE / 1e9, 1),
             "share_of_matmul_peak": round(ours * TRAIN_FLOPS_PER_IMAGE / peak, 3),
+            "rates_per_round": [{k: round(v) for k, v in r.items()} for r in measured[bs]],
         })
         if peer:
             rows[-1].update({
@@ -240,6 +241,13 @@ def main() -> None:
                 "pythae_same_bits_images_per_sec": round(m["pythae_same_bits"]),
                 "vaezoo_vs_pythae_defaults": round(dyn / m["pythae_grey"], 2),  # vaezoo dynamic vs pythae grey
                 "vaezoo_vs_pythae_same_bits": round(ours / m["pythae_same_bits"], 2),  # both on the static bits
+                # the same two ratios taken within each round, then the median: runs minutes apart
+                # on a VM whose speed drifts compare less well than runs seconds apart
+                "vaezoo_vs_pythae_defaults_per_round": round(statistics.median(
+                    r["dynamic"] / r["pythae_grey"] for r in measured[bs]), 2),
+                "vaezoo_vs_pythae_same_bits_per_round": round(statistics.median(
+                    r["static"] / r["pythae_same_bits"] for r in measured[bs]), 2),
+                "dynamic_vs_static_per_round": round(statistics.median(r["dynamic"] / r["static"] for r in measured[bs]), 3),
             })
         if bf16_peak:
             rows[-1]["share_of_bf16_matmul_peak"] = round(ours * TRAIN_FLOPS_PER_IMAGE / bf16_peak, 3)
