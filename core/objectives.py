@@ -53,8 +53,13 @@ def enumerated_elbo(elbo_given_y: torch.Tensor, log_qy: torch.Tensor) -> torch.T
     elbo_given_y and log_qy are (Y, B); ELBO(x, y) already includes log p(y).
     """
     qy = log_qy.exp()
-    # xlogy makes 0 * log 0 = 0, so a certain label (q(y|x) = 1 for one y) stays finite
-    return (qy * elbo_given_y).sum(0) - torch.special.xlogy(qy, qy).sum(0)
+    # q log q, 0 where q is 0 (a certain label, or a probability under float's range). The inner
+    # where keeps such a q out of xlogy: its gradient there, log 0 = -inf, times exp's 0 would make
+    # the whole backward pass NaN from a finite loss. Where q > 0 the bits are xlogy's own.
+    positive = qy > 0
+    safe_q = torch.where(positive, qy, torch.ones_like(qy))
+    q_log_q = torch.where(positive, torch.special.xlogy(safe_q, safe_q), torch.zeros_like(qy))
+    return (qy * elbo_given_y).sum(0) - q_log_q.sum(0)
 
 
 @torch.no_grad()

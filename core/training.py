@@ -50,6 +50,16 @@ class RankFailedError(RuntimeError):
     the gradient all-reduce. The failed rank raises its own error (naming rank, step and batch)."""
 
 
+def _non_finite_weights(variant: torch.nn.Module) -> str:
+    """Where a non-finite loss came from: weights already non-finite mean an earlier step's
+    gradient was (a finite loss can have a NaN gradient), not this batch's forward pass."""
+    bad = [n for n, p in variant.named_parameters() if not torch.isfinite(p).all()]
+    if not bad:
+        return "every weight is finite (this step's forward pass made it)"
+    return (f"{len(bad)} weight tensors were already non-finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
+            f"an earlier step's gradient was non-finite while its loss was finite")
+
+
 def lr_factor(schedule: str, epochs: int) -> Callable[[int], float]:
     if schedule == "cosine":
         return lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / epochs))
@@ -185,6 +195,7 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
                                 raise NonFiniteLossError(
                                     f"non-finite loss ({loss_value}) {on_rank}at epoch {epoch}, step {step + 1}/{len(batches)}, "
                                     f"optimiser {name!r}, batch of examples {local_idx[:8].tolist()}...; "
+                                    f"{_non_finite_weights(variant)}; "
                                     f"the last good checkpoint is kept (try a lower train.lr or train.grad_clip)")
                             loss = out.loss if share == 1.0 else out.loss * share  # x * 1.0 is x: same bits
                             if len(optimizers) == 1:

@@ -132,6 +132,22 @@ def test_enumerated_elbo_with_a_certain_label_is_that_labels_elbo():
     torch.testing.assert_close(enumerated_elbo(elbo_y, log_qy), torch.tensor([-52.0, -10.0], dtype=torch.float64))
 
 
+def test_enumerated_elbo_gradient_is_finite_when_a_label_probability_underflows():
+    # Logits 120 apart: float32's softmax gives q = 0 exactly for the other labels. The true
+    # gradient is finite (q log q -> 0); xlogy's own backward gave NaN for every logit, which
+    # diverged M2 and M1+M2 training one step after a finite loss.
+    elbo_y = torch.tensor([[-5.0, -7.0], [-6.0, -9.0], [-4.0, -8.0]])
+    logits = torch.tensor([[0.0, 1.0], [120.0, 0.5], [3.0, -0.2]], requires_grad=True)
+    value = enumerated_elbo(elbo_y, torch.log_softmax(logits, 0))
+    assert (torch.log_softmax(logits, 0).exp()[:, 0] == torch.tensor([0.0, 1.0, 0.0])).all()
+    value.sum().backward()
+    wide = logits.detach().double().requires_grad_(True)  # float64: no underflow at this gap
+    enumerated_elbo(elbo_y.double(), torch.log_softmax(wide, 0)).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    torch.testing.assert_close(logits.grad, wide.grad.float(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(value, torch.tensor([-6.0, value[1].item()]))  # the certain label's ELBO
+
+
 @pytest.mark.parametrize("chunk_size", [1, 7, 300, 1000])
 def test_estimate_log_likelihood_streams_chunks_exactly(chunk_size):
     gen = torch.Generator().manual_seed(4)

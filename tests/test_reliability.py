@@ -512,6 +512,7 @@ def test_non_finite_loss_names_epoch_step_and_batch_and_keeps_the_last_checkpoin
     assert main(_train(inputs["good"], out, "--set", "train.epochs=3", "--seed", "7")) == 1
     line = _error_line(capsys.readouterr().err, "train")
     assert "non-finite loss (nan) at epoch 2, step 3/4" in line, line
+    assert "every weight is finite (this step's forward pass made it)" in line, line
     batch = epoch_permutation(N_TRAIN, 7, 2)[2 * 64:3 * 64][:8].tolist()
     assert f"batch of examples {batch}" in line, line
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
@@ -528,6 +529,32 @@ def test_non_finite_loss_names_epoch_step_and_batch_and_keeps_the_last_checkpoin
     assert main(["train", "--resume", "--output", str(out), *TINY]) == 0, capsys.readouterr().err
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 3
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_nan_gradient_under_a_finite_loss_is_named_as_such(inputs, tmp_path, capsys, monkeypatch):
+    """Epoch 2, step 3's loss is finite but its gradient NaN (x log x at x = 0, as M2's label
+    entropy had): the NaN surfaces in step 4's loss, and the error says the weights were already
+    non-finite rather than blaming step 4's batch."""
+    from variants.vae import VanillaVAE
+
+    real_losses = VanillaVAE.losses
+    calls = {"n": 0}
+
+    def poisoned(self, batch, groups):
+        outputs = real_losses(self, batch, groups)
+        calls["n"] += 1
+        if calls["n"] == 4 + 3:
+            zero = (next(self.parameters()).sum() * 0 - 1000).exp()  # exactly 0; d/dx x log x = -inf there
+            outputs["model"].loss = outputs["model"].loss + torch.special.xlogy(zero, zero)
+        return outputs
+
+    monkeypatch.setattr(VanillaVAE, "losses", poisoned)
+    out = tmp_path / "run"
+    assert main(_train(inputs["good"], out, "--set", "train.epochs=3", "--seed", "7")) == 1
+    line = _error_line(capsys.readouterr().err, "train")
+    assert "non-finite loss (nan) at epoch 2, step 4/4" in line, line
+    assert "weight tensors were already non-finite" in line and "an earlier step's gradient" in line, line
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
 
 
 def _step_grad_norms(run) -> list[float]:
