@@ -171,9 +171,10 @@ def dynamic_binarize(images: torch.Tensor, generator: torch.Generator | None = N
     """A fresh Bernoulli draw per pixel of uint8 images, as floats 0/1: pixel x is 1 with
     probability `dynamic_one_probability(x)`, within 1.6e-5 of x / 255 and exact at 0 and 255.
 
-    A 15-bit uniform integer and a compare per pixel, in int16: about 3x cheaper at batch 512 than
-    the draw it replaced (a torch.randint threshold in {0..254} per pixel, one Mersenne-twister call
-    each), and 10x cheaper than torch.bernoulli on x / 255."""
+    A 15-bit uniform integer and a compare per pixel, in int16: 2.1x / 3.4x cheaper at batch 128 /
+    512 than the draw it replaced (a torch.randint threshold in {0..254} per pixel, one
+    Mersenne-twister call each), and 5.2x / 8.4x cheaper than torch.bernoulli on x / 255
+    (benchmarks/binarisation_draw.py)."""
     uniform = _uniform_15_bit(images.shape, generator, images.device)
     out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
     return torch.le(uniform, _thresholds_less_one(images), out=out)
