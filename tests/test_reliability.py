@@ -491,10 +491,9 @@ def test_nan_in_parquet_float_arrays_is_refused_by_encode_planning(inputs, tmp_p
 
 # -- non-finite loss and gradient clipping -------------------------------------------------------------
 
-def test_non_finite_loss_names_epoch_step_and_batch_and_keeps_the_last_checkpoint(inputs, tmp_path, capsys,
-                                                                                 monkeypatch):
-    """The loss turns NaN at epoch 2, step 3 (of 4): exit 1 with one line naming them and the
-    batch's examples, epoch 1's checkpoint kept, the MLflow run FAILED; --resume goes on from it."""
+def _poison_vae_loss(monkeypatch, poison, at_call: int = 4 + 3):
+    """The vae's loss passes through `poison(self, loss)` at its `at_call`-th step (default epoch
+    2, step 3 of 4); returns the real losses method, to put back."""
     from variants.vae import VanillaVAE
 
     real_losses = VanillaVAE.losses
@@ -503,11 +502,21 @@ def test_non_finite_loss_names_epoch_step_and_batch_and_keeps_the_last_checkpoin
     def poisoned(self, batch, groups):
         outputs = real_losses(self, batch, groups)
         calls["n"] += 1
-        if calls["n"] == 4 + 3:
-            outputs["model"].loss = outputs["model"].loss * float("nan")
+        if calls["n"] == at_call:
+            outputs["model"].loss = poison(self, outputs["model"].loss)
         return outputs
 
     monkeypatch.setattr(VanillaVAE, "losses", poisoned)
+    return real_losses
+
+
+def test_non_finite_loss_names_epoch_step_and_batch_and_keeps_the_last_checkpoint(inputs, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """The loss turns NaN at epoch 2, step 3 (of 4): exit 1 with one line naming them and the
+    batch's examples, epoch 1's checkpoint kept, the MLflow run FAILED; --resume goes on from it."""
+    from variants.vae import VanillaVAE
+
+    real_losses = _poison_vae_loss(monkeypatch, lambda self, loss: loss * float("nan"))
     out = tmp_path / "run"
     assert main(_train(inputs["good"], out, "--set", "train.epochs=3", "--seed", "7")) == 1
     line = _error_line(capsys.readouterr().err, "train")
@@ -535,20 +544,11 @@ def test_a_nan_gradient_under_a_finite_loss_is_named_as_such(inputs, tmp_path, c
     """Epoch 2, step 3's loss is finite but its gradient NaN (x log x at x = 0, as M2's label
     entropy had): the NaN surfaces in step 4's loss, and the error says the weights were already
     non-finite rather than blaming step 4's batch."""
-    from variants.vae import VanillaVAE
+    def finite_loss_nan_gradient(self, loss):
+        zero = (next(self.parameters()).sum() * 0 - 1000).exp()  # exactly 0; d/dx x log x = -inf there
+        return loss + torch.special.xlogy(zero, zero)
 
-    real_losses = VanillaVAE.losses
-    calls = {"n": 0}
-
-    def poisoned(self, batch, groups):
-        outputs = real_losses(self, batch, groups)
-        calls["n"] += 1
-        if calls["n"] == 4 + 3:
-            zero = (next(self.parameters()).sum() * 0 - 1000).exp()  # exactly 0; d/dx x log x = -inf there
-            outputs["model"].loss = outputs["model"].loss + torch.special.xlogy(zero, zero)
-        return outputs
-
-    monkeypatch.setattr(VanillaVAE, "losses", poisoned)
+    _poison_vae_loss(monkeypatch, finite_loss_nan_gradient)
     out = tmp_path / "run"
     assert main(_train(inputs["good"], out, "--set", "train.epochs=3", "--seed", "7")) == 1
     line = _error_line(capsys.readouterr().err, "train")
