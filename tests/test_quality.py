@@ -282,6 +282,25 @@ def test_more_seeds_extend_a_results_folder_and_train_only_the_new_seed(idx_fold
     assert row.split(" | ")[4] == f"{mean:.2f} ± {se:.2f}"  # the ELBO column
 
 
+def test_more_label_counts_in_another_order_extend_a_folder_and_train_only_the_new_count(idx_folder, tmp_path,
+                                                                                      capsys):
+    out = tmp_path / "q"
+    args = ["quality", "--dataset", str(idx_folder), "--out", str(out), "--suites", "m2", "--epochs", "1",
+            "--nll-samples", "5", "--nll-examples", "8", "--no-progress", "--no-figures", "--seeds", "0"]
+    assert main(args + ["--m2-labels", "8"]) == 0
+    first = json.loads(capsys.readouterr().out)["results"]
+    assert main(args + ["--m2-labels", "16,8"]) == 0
+    captured = capsys.readouterr()
+    # m2-n8 and classifier-n8 kept, m2-n16 and classifier-n16 trained
+    assert captured.err.count("kept from") == 2 and captured.err.count("training") == 2
+    results = json.loads(captured.out)["results"]
+    assert set(results) == {"m2-n8", "classifier-n8", "m2-n16", "classifier-n16"}
+    assert results["m2-n8"] == first["m2-n8"] and results["classifier-n8"] == first["classifier-n8"]
+    # a field every result depends on still refuses the folder
+    assert main(args + ["--m2-labels", "8", "--epochs", "2"]) == 1
+    assert "another budget" in capsys.readouterr().err
+
+
 def test_a_results_folder_of_an_earlier_version_resumes_under_its_old_names(idx_folder, tmp_path, capsys):
     """main's dcign/superres/inpaint suites kept `<key>-s<seed>.json` and a budget with dcign_seeds:
     read as the model's seed, nothing retrained; a new seed trains only its own model."""

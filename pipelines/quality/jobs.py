@@ -121,9 +121,14 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return models
 
 
+# Lists whose every member names its own models (`-seed{s}`, `-n{n}`, `-k{k}`): more members, or
+# another order, extend a folder rather than change what its results mean.
+EXTENDING_FIELDS = ("seeds", "m2_labels", "iwae_ks")
+
+
 def _shared(budget: dict[str, Any]) -> dict[str, Any]:
-    """What every result in one folder must share: the budget less its seeds (more seeds extend it)."""
-    return {k: v for k, v in budget.items() if k != "seeds"}
+    """What every result in one folder must share: the budget less the lists that extend it."""
+    return {k: v for k, v in budget.items() if k not in EXTENDING_FIELDS}
 
 
 def _kept(out: Path, job: Job) -> tuple[dict[str, Any], Path] | None:
