@@ -82,6 +82,7 @@ class TrainConfig(_Section):
     # parameter). The default since issue #20: faster steps, but it rounds differently from
     # torch's default Adam, so runs no longer reproduce those of earlier versions bit for bit;
     # false takes the earlier optimiser (a checkpoint keeps the optimiser it was written with).
+    # True is core.optim.FusedAdam: torch's fused step bit for bit, less its per-step Python.
     fused_adam: bool = True
     # Accelerator options (they run on a CPU too, where they rarely pay). autocast "bf16" runs the
     # networks' matmuls in bfloat16 under torch.autocast (densities and sums stay float32);

@@ -36,6 +36,7 @@ from core.config import ModelConfig, ObjectiveConfig, TrainConfig
 from core.model import VAE, Terms
 from core.networks import DataShape
 from core.objectives import Objective, make_objective
+from core.optim import adam
 
 if TYPE_CHECKING:
     from core.batches import TrainingSource
@@ -143,8 +144,8 @@ class Variant(nn.Module):
 
     def configure_optimizers(self, train_cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
         """One optimiser per group; the default is one Adam over every parameter."""
-        return {"model": torch.optim.Adam(self.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
-                                          fused=train_cfg.fused_adam or None)}
+        return {"model": adam(self.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                              fused=train_cfg.fused_adam)}
 
     def losses(self, batch: Batch, groups: tuple[str, ...]) -> dict[str, StepOutput]:
         """The loss of each optimiser group in `groups` (one phase), from one forward pass."""

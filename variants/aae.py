@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from core import optim
 from core.data import labelled_subset
 from core.model import VAE
 from core.networks import Decoder, mlp
@@ -126,8 +127,7 @@ class AdversarialAutoencoder(Variant):
 
     def configure_optimizers(self, train_cfg):
         def adam(params, lr):
-            return torch.optim.Adam(params, lr=lr, weight_decay=train_cfg.weight_decay,
-                                    fused=train_cfg.fused_adam or None)
+            return optim.adam(params, lr=lr, weight_decay=train_cfg.weight_decay, fused=train_cfg.fused_adam)
 
         adversarial_lr = self.options.adversarial_lr
         encoder = list(self.vae.encoder.parameters())
