@@ -1,0 +1,77 @@
+"""Steady training images/s with the default optimiser (core.optim.FusedAdam) against torch's own
+fused Adam (torch.optim.Adam(fused=True), the same kernel through torch's step), in `core.training.train`.
+
+Both train the default vae (MLP 784-400-20, dynamic binarisation, Adam 1e-3) on the first
+`--train-images` Fashion-MNIST images for 2 epochs and report the second epoch's images/s; the
+two runs alternate within each round, so load that moves between rounds moves both, and the
+ratio (ours / torch's) is taken per round, then its median. Both give the same weights bit for
+bit (tests/test_optim.py), so any difference is the Python around the kernel.
+
+    python benchmarks/optimizer_step.py [--batch-sizes 128 512] [--rounds 6] [--train-images 30000] [--no-save]
+
+Prints one JSON document and, unless --no-save, merges it into benchmarks/results.json under
+"optimizer_step".
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from _results import add_save_argument, emit  # noqa: E402
+
+
+def steady_rate(optimiser: str, batch_size: int, images: int, data) -> float:
+    import core.variant
+    from core.config import RunConfig
+    from core.optim import FusedAdam
+    from core.training import train
+
+    # Swap the optimiser the default Variant.configure_optimizers builds; nothing else changes.
+    core.variant.adam = (
+        (lambda params, lr, weight_decay, fused: FusedAdam(params, lr=lr, weight_decay=weight_decay))
+        if optimiser == "ours" else
+        (lambda params, lr, weight_decay, fused: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
+                                                                   fused=True)))
+    config = RunConfig.from_dict({
+        "variant_name": "vae", "model": {"latent_dim": 20, "hidden_dims": [400]},
+        "data": {"dataset": "fashion-mnist", "binarize": "dynamic", "train_limit": images, "test_limit": 500},
+        "train": {"epochs": 2, "batch_size": batch_size, "lr": 1e-3, "progress": False,
+                  "eval_nll_samples": 1, "eval_nll_examples": 1}})
+    rates: list[float] = []
+    train(config, report=lambda metrics, checkpoint: rates.append(metrics["train/images_per_sec"]), data=data)
+    return rates[-1]
+
+
+def main() -> None:
+    from core.datasets import prepare_data
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--train-images", type=int, default=30000)
+    add_save_argument(parser)
+    args = parser.parse_args()
+    data = prepare_data("fashion-mnist", None, "dynamic", args.train_images, 500)
+    rows = []
+    for bs in args.batch_sizes:
+        rounds = []
+        for _ in range(args.rounds):
+            ours = steady_rate("ours", bs, args.train_images, data)
+            torch_fused = steady_rate("torch", bs, args.train_images, data)
+            rounds.append({"fused_adam_direct": round(ours), "torch_fused_adam": round(torch_fused),
+                           "ratio": round(ours / torch_fused, 3)})
+        ratios = [r["ratio"] for r in rounds]
+        rows.append({"batch_size": bs, "median_ratio": round(statistics.median(ratios), 3),
+                     "min_ratio": min(ratios), "max_ratio": max(ratios), "rounds": rounds})
+    emit("optimizer_step", {"benchmark": "optimizer_step", "torch_threads": torch.get_num_threads(),
+                            "train_images": args.train_images, "results": rows}, args.save)
+
+
+if __name__ == "__main__":
+    main()
