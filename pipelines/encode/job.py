@@ -147,6 +147,23 @@ def _connect(address: str | None, num_workers: int, cpus_per_worker: float = 1.0
     return connect(address, num_cpus=num_cpus, log_to_driver=bool(os.environ.get("VAEZOO_DEBUG"))) != "existing"
 
 
+def _warm_a_writer_worker() -> None:
+    """Import what the Parquet write tasks need (Ray Data, pyarrow.parquet) in an idle worker now,
+    not awaited. Ray Data writes in task workers apart from the encoder actor, and a cold one
+    imports those (about a second) only once the first block is out, a delay that lands at the
+    end of the job. The actor takes another idle worker meanwhile, and the writes then reuse this
+    one, which holds nothing the writer would not have imported anyway. Measured: 70k rows in
+    4.9 s instead of 5.4 s (3 interleaved pairs, 2 cores; README, Benchmarks)."""
+    import ray
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def import_writer_modules() -> None:
+        import pyarrow.parquet  # noqa: F401
+        import ray.data  # noqa: F401
+
+    import_writer_modules.remote()
+
+
 def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLike, *, split: str | None = None,
                data_dir: str | None = None, image_column: str = "image", label_column: str = "label",
                batch_size: int = 1024, num_workers: int = 1, use_gpu: bool = False, overwrite: bool = False,
@@ -214,6 +231,7 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
             cpus_per_worker = default_cpus_per_worker(num_workers, local)
         torch_threads = max(1, int(cpus_per_worker))
         connected = _connect(address, num_workers, cpus_per_worker)
+        _warm_a_writer_worker()
         if use_gpu:  # an actor pool asking for GPUs a cluster lacks would wait for ever
             gpus = ray.cluster_resources().get("GPU", 0)
             if gpus < num_workers:
