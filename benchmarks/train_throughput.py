@@ -274,6 +274,8 @@ def main() -> None:
                 r[f"vaezoo_{tag}_images_per_sec"] = round(statistics.median(ray for _, ray in runs))
                 r[f"vaezoo_in_process_beside_{tag}_images_per_sec"] = round(statistics.median(ip for ip, _ in runs))
                 r[f"{tag}_vs_in_process"] = round(statistics.median(ray / ip for ip, ray in runs), 2)
+                r[f"{tag}_per_round"] = [{"in_process": round(ip), "ray": round(ray), "ratio": round(ray / ip, 3)}
+                                         for ip, ray in runs]
     # Issue #7's targets: >= 1.25x the reference at batch 128, >= 50% of the matmul peak at batch 512.
     # Issue #20's: with defaults >= 1.25x pythae at 128 and >= 1.4x at 512; Ray with one worker
     # >= 0.95x in-process at both.
@@ -284,8 +286,9 @@ def main() -> None:
         if r["batch_size"] == 512:
             targets["share_of_matmul_peak_at_512_ge_0.5"] = r["share_of_matmul_peak"] >= 0.5
         floor = {128: 1.25, 512: 1.4}.get(r["batch_size"])
-        if floor and "vaezoo_vs_pythae_defaults" in r:
-            targets[f"vaezoo_vs_pythae_defaults_at_{r['batch_size']}_ge_{floor}"] = r["vaezoo_vs_pythae_defaults"] >= floor
+        if floor and "vaezoo_vs_pythae_defaults_per_round" in r:  # judged within rounds, as the README does
+            targets[f"vaezoo_vs_pythae_defaults_at_{r['batch_size']}_ge_{floor}"] = (
+                r["vaezoo_vs_pythae_defaults_per_round"] >= floor)
         if r["batch_size"] in (128, 512) and "ray_1_worker_vs_in_process" in r:
             targets[f"ray_1_worker_vs_in_process_at_{r['batch_size']}_ge_0.95"] = r["ray_1_worker_vs_in_process"] >= 0.95
     # Each configuration keeps its own entry in results.json: train_throughput[_cuda][_bf16][_compile][_unfused_adam].
