@@ -11,7 +11,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from _paired import FAILS, HOLDS, UNRESOLVED, alternate, judge_ratio  # noqa: E402
+from _paired import FAILS, HOLDS, MIN_ROUNDS, UNRESOLVED, alternate, judge_ratio  # noqa: E402
+
+from pipelines.quality import claims  # noqa: E402
+
+
+def test_the_verdicts_are_the_quality_claims_words_and_minimum():
+    assert (HOLDS, FAILS, UNRESOLVED, MIN_ROUNDS) == (claims.HOLDS, claims.FAILS, claims.UNRESOLVED, claims.MIN_SEEDS)
 
 
 def test_the_ratio_is_the_geometric_mean_of_the_round_ratios_with_a_two_standard_error_interval():
@@ -42,6 +48,14 @@ def test_a_target_inside_the_interval_or_too_few_rounds_is_not_resolved():
     assert judge_ratio(two_rounds, 1.25)["verdict"] == UNRESOLVED
     one = judge_ratio([(2.0, 1.0)], 1.25)
     assert one["verdict"] == UNRESOLVED and one["interval"] is None and one["ratio"] == 2.0
+
+
+def test_a_cost_target_holds_when_the_whole_interval_is_at_or_below_it():
+    memory = [(1.30, 1.0), (1.36, 1.0), (1.28, 1.0), (1.33, 1.0)]  # ours uses 1.28-1.36x the baseline's
+    assert judge_ratio(memory, 1.5, at_least=False)["verdict"] == HOLDS
+    assert judge_ratio(memory, 1.2, at_least=False)["verdict"] == FAILS
+    assert judge_ratio(memory, 1.32, at_least=False)["verdict"] == UNRESOLVED
+    assert judge_ratio(memory, 1.5, at_least=False)["target"] == "<= 1.5"
 
 
 def test_bad_input_is_refused():
