@@ -18,34 +18,15 @@ import threading
 import time
 
 import train_throughput as tt
+from _session import has_process, session_pids
 
 HZ = os.sysconf("SC_CLK_TCK")
-ME = os.getpid()
-
-
-def _session_pids() -> list[int]:
-    parent = {}
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{p}/stat").read()
-            parent[int(p)] = int(stat[stat.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError):
-            pass
-
-    def descends(p: int) -> bool:
-        for _ in range(10):
-            if p == ME:
-                return True
-            p = parent.get(p, 0)
-        return False
-
-    return [p for p in parent if descends(p)]
 
 
 def _threads() -> dict[tuple[int, int], tuple[float, int, str]]:
     """(pid, tid) -> (CPU seconds, context switches, process title)."""
     out = {}
-    for pid in _session_pids():
+    for pid in session_pids():
         try:
             title = open(f"/proc/{pid}/cmdline").read().split("\0")[0].rsplit("/", 1)[-1][:40]
             tids = os.listdir(f"/proc/{pid}/task")
@@ -62,22 +43,12 @@ def _threads() -> dict[tuple[int, int], tuple[float, int, str]]:
     return out
 
 
-def _has_process(title: str) -> bool:
-    for pid in _session_pids():
-        try:
-            if open(f"/proc/{pid}/cmdline").read().startswith(title):
-                return True
-        except OSError:
-            pass
-    return False
-
-
 def measure(label: str, train, wait_s: float, window_s: float, trainer_title: str | None = None) -> None:
     """With `trainer_title`, the --wait seconds count from when a process of that title exists."""
     result: dict[str, float] = {}
     worker = threading.Thread(target=lambda: result.setdefault("rate", train()))
     worker.start()
-    while trainer_title and worker.is_alive() and not _has_process(trainer_title):
+    while trainer_title and worker.is_alive() and not has_process(trainer_title):
         time.sleep(0.2)  # Ray starts the cluster's Train actors first: seconds
     time.sleep(wait_s)
     before, started = _threads(), time.time()

@@ -74,6 +74,7 @@ from torch import nn
 from _flops import matmul_peak_flops, synchronize, train_flops_per_image
 from _paired import HOLDS, alternate, judge_ratio
 from _pythae_peer import pythae_throughput, pythae_version
+from _session import has_process
 from _results import add_save_argument, emit
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -176,20 +177,16 @@ def ray_throughput(batch_size: int, epochs: int, images: int | None, cpus: int, 
     return sum(rates[1:]) / len(rates[1:])
 
 
-RAY_TRAIN_PROCESSES = ("ray::RayTrainWo", "ray::TrainContr", "ray::Synchroniz", "ray::Placement")  # /proc comm
+# Ray's process titles of a Train run's worker, controller and helper actors
+RAY_TRAIN_PROCESSES = ("ray::RayTrainWorker", "ray::TrainController", "ray::SynchronizationActor",
+                       "ray::PlacementGroupCleaner")
 
 
 def wait_for_ray_train_exit(limit_s: float = 30.0) -> None:
     """Ray tears a run's worker group and controller down after fit() returns; wait until those
     processes are gone (or `limit_s`), so the next measurement does not share the cores with it."""
     deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        names = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(OSError):
-                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
-        if not any(name.startswith(RAY_TRAIN_PROCESSES) for name in names):
-            return
+    while time.monotonic() < deadline and has_process(*RAY_TRAIN_PROCESSES):
         time.sleep(0.2)
 
 
