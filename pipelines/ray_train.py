@@ -321,10 +321,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     import ray
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from pipelines.ray_connect import started_local_cluster
-    from pipelines.ray_lean import set_local_cluster_defaults, torch_config
+    from pipelines.ray_lean import set_local_cluster_defaults, torch_config, trainer_class
 
     if num_workers < 1:
         raise ValueError("--num-workers must be at least 1 for Ray (0 trains in-process)")
@@ -385,7 +383,8 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
         # ray.init replaces the SIGTERM handler with sys.exit(15): keep the caller's (the CLI's
         # turns SIGTERM into a clean preemption stop that ends the MLflow run KILLED).
         signal.signal(signal.SIGTERM, caller_sigterm)
-    if started_local_cluster():
+    local_cluster = started_local_cluster()
+    if local_cluster:
         set_local_cluster_defaults()
     try:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -404,7 +403,7 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
         # NCCL carries the gradients on GPUs; the loop's metric and evaluation sums are small CPU
         # tensors, which a pure NCCL group cannot reduce: give CPU tensors gloo.
         backend = "cpu:gloo,cuda:nccl" if use_gpu else "gloo"
-        trainer = TorchTrainer(
+        trainer = trainer_class(local_cluster)(
             _train_worker,
             train_loop_config=loop_config,
             torch_config=torch_config(backend, num_workers),
