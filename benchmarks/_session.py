@@ -4,28 +4,19 @@ workers the raylet's), so nothing another process or user runs on the machine is
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.ray_connect import descendant_processes  # noqa: E402 (no torch, no Ray)
 
 ME = os.getpid()
 
 
 def session_pids() -> list[int]:
-    """This process and every process descending from it (up to 10 generations)."""
-    parent = {}
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{p}/stat").read()
-            parent[int(p)] = int(stat[stat.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError):
-            pass
-
-    def descends(p: int) -> bool:
-        for _ in range(10):
-            if p == ME:
-                return True
-            p = parent.get(p, 0)
-        return False
-
-    return [p for p in parent if descends(p)]
+    """This process and every process descending from it."""
+    return [ME] + [pid for pid, _, _ in descendant_processes(ME)]
 
 
 def has_process(*titles: str) -> bool:

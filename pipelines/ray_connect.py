@@ -1,14 +1,21 @@
 """Connecting to Ray: join a cluster, or start a local one that listens on 127.0.0.1 only.
 
-`vaezoo train` (pipelines/ray_train.py) and `vaezoo encode` (pipelines/encode/) both connect
-through `connect`.
+`vaezoo train` (pipelines/ray_train.py), `vaezoo encode` (pipelines/encode/) and `vaezoo
+complete` connect through `connect` and leave through `disconnect`.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import signal
+import sys
+import time
 from typing import Iterator
+
+# How long the Ray worker processes of a local cluster get to exit after ray.shutdown() before
+# they are killed (they normally exit within a second or two, once their raylet is gone).
+WORKER_EXIT_GRACE_S = 10.0
 
 BIND_ENV = "VAEZOO_RAY_BIND"
 LOOPBACK, NODE = "loopback", "node"
@@ -93,3 +100,78 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False) -
                  _system_config={"worker_niceness": 0}, **quiet)
     _started_here = True
     return "started"
+
+
+def disconnect() -> list[int]:
+    """ray.shutdown(), and after a local cluster this process started, end those of its Ray worker
+    processes that outlive it: returns their pids (normally none).
+
+    Ray 2.60's worker process can deadlock in its exit handler: shutting down the core worker's
+    event loop destroys a pubsub publisher that posts back to that same loop and waits on its lock
+    forever. The process is then an orphan that never exits (seen as a `ray::TrainController`
+    holding 0.8 GB and waking 100 times a second, hours after its run). Such a process has
+    finished everything it did for the run; it is killed once WORKER_EXIT_GRACE_S has passed."""
+    global _started_here
+    import ray
+
+    workers = [p for p in descendant_processes() if p[2].startswith("ray::")] if started_local_cluster() else []
+    ray.shutdown()
+    _started_here = False
+    killed = end_stragglers(workers, WORKER_EXIT_GRACE_S)
+    if killed:
+        print(f"vaezoo: killed {len(killed)} Ray worker process(es) still running {WORKER_EXIT_GRACE_S:g} s "
+              f"after the local cluster stopped (a Ray exit hang): pids {killed}", file=sys.stderr)
+    return killed
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, state, start time in clock ticks) of a process, None when it is gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def descendant_processes(root: int | None = None) -> list[tuple[int, int, str]]:
+    """(pid, start time, command line) of every live process descending from `root` (default:
+    this process). A local Ray cluster's daemons are children of the process that started it and
+    its workers the raylet's children, so this is the whole local cluster and nothing else."""
+    root = os.getpid() if root is None else root
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (stat := _stat(int(name))) is not None:
+            stats[int(name)] = stat
+    out = []
+    for pid, (_, state, started) in stats.items():
+        ancestor = stats[pid][0]
+        while ancestor > 1 and ancestor != root:
+            ancestor = stats.get(ancestor, (0,))[0]
+        if ancestor == root and state != "Z":
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline").read().replace("\0", " ").strip()
+            except OSError:
+                continue
+            out.append((pid, started, cmdline))
+    return out
+
+
+def end_stragglers(processes: list[tuple[int, int, str]], grace_s: float) -> list[int]:
+    """Wait up to `grace_s` for `processes` ((pid, start time, ...)) to exit, then SIGKILL those
+    still running; a pid now held by another process (another start time) is left alone.
+    Returns the killed pids."""
+    def running() -> list[int]:
+        out = []
+        for pid, started, *_ in processes:
+            stat = _stat(pid)
+            if stat is not None and stat[2] == started and stat[1] != "Z":
+                out.append(pid)
+        return out
+
+    deadline = time.monotonic() + grace_s
+    while (alive := running()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return alive

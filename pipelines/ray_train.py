@@ -321,7 +321,7 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
     import ray
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from pipelines.ray_connect import started_local_cluster
+    from pipelines.ray_connect import disconnect, started_local_cluster
     from pipelines.ray_lean import set_local_cluster_defaults, torch_config, trainer_class
 
     if num_workers < 1:
@@ -429,7 +429,7 @@ def run_ray(config: RunConfig, output: Path, *, resume: bool = False, final_nll_
         train_seconds = time.perf_counter() - started
     finally:
         if connected:
-            ray.shutdown()
+            disconnect()
         _restore_working_directory(working_directory, output)
 
     final = _load_ray_checkpoint(result.checkpoint) if result.checkpoint is not None else state

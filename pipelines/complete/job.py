@@ -132,9 +132,9 @@ def run_complete(model: str, inputs: Sequence[str] | str, output: str | os.PathL
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         if connected:
-            import ray
+            from pipelines.ray_connect import disconnect
 
-            ray.shutdown()
+            disconnect()
     seconds = time.perf_counter() - started
     return {"output": str(output), "rows": source.num_rows, "files": len(files), "images": source.num_rows,
             "seconds": round(seconds, 3), "model": str(model), "task": task, "samples": samples,

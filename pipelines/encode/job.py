@@ -276,9 +276,9 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         if connected:
-            import ray
+            from pipelines.ray_connect import disconnect
 
-            ray.shutdown()
+            disconnect()
     seconds = time.perf_counter() - started
     return {"output": str(output), "rows": source.num_rows, "files": len(files), "seconds": round(seconds, 3),
             "rows_per_second": round(source.num_rows / seconds, 1), "model": str(model),
