@@ -48,7 +48,7 @@ from core.config import RunConfig
 from core.datasets import prepare_run_data
 from core.files import atomic_write, atomic_write_json, atomic_write_text
 from core.serialization import build_variant, load_state, read_checkpoint
-from core.training import print_report, save_checkpoint, train
+from core.training import RankFailedError, print_report, save_checkpoint, train
 from pipelines.local import CHECKPOINT, finish_training, keep_epochs_up_to, prepare_output
 from pipelines.ray_stop import (announce_test_hold, fit_in_thread, freeze_run_folder, is_frozen, run_folder_lock,
                                 test_hold_from_environment, thaw_run_folder)
@@ -126,7 +126,14 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         if hold and rank == hold["rank"] and metrics["epoch"] == hold["epoch"]:
             _hold_until_killed(Path(hold["pid_file"]))
 
-    train(config, report=report, resume=state, device=ray.train.torch.get_device())
+    try:
+        train(config, report=report, resume=state, device=ray.train.torch.get_device())
+    except RankFailedError:
+        # Another rank failed at this step and raises its own error, naming the rank, step, batch and
+        # cause. Ray reports the errors it finds when it polls the workers: if this rank raised too,
+        # which of the two the user saw was a race (both raise within a millisecond). Ending without
+        # an error leaves the failing rank's to report; the run still fails.
+        return
 
 
 def _inject_fault(fault: dict[str, Any]) -> None:

@@ -80,6 +80,7 @@ def test_one_rank_failing_stops_every_rank_naming_rank_step_and_batch(local_ray,
     assert f"epoch 1, step {step}/4" in message
     assert "batch of examples" in message
     assert ("non-finite loss" if fault["kind"] == "nan" else "ValueError: injected fault") in message
+    assert "stopped with it" not in message  # only the failing rank's error: the others end without one
     assert not (tmp_path / "run" / "model.safetensors").exists()  # no model saved from a failed run
 
 
