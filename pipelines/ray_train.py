@@ -128,12 +128,8 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
     try:
         train(config, report=report, resume=state, device=ray.train.torch.get_device())
-    except RankFailedError:
-        # Another rank failed at this step and raises its own error, naming the rank, step, batch and
-        # cause. Ray reports the errors it finds when it polls the workers: if this rank raised too,
-        # which of the two the user saw was a race (both raise within a millisecond). Ending without
-        # an error leaves the failing rank's to report; the run still fails.
-        return
+    except RankFailedError:  # another rank failed and raises its own error (rank, step, batch, cause): had
+        return  # this one raised too, which of the two Ray reported was a race; the run still fails
 
 
 def _inject_fault(fault: dict[str, Any]) -> None:
