@@ -109,7 +109,7 @@ def disconnect() -> list[int]:
     Ray 2.60's worker process can deadlock in its exit handler: shutting down the core worker's
     event loop destroys a pubsub publisher that posts back to that same loop and waits on its lock
     forever. The process is then an orphan that never exits (seen as a `ray::TrainController`
-    holding 0.8 GB and waking 100 times a second, hours after its run). Such a process has
+    holding 0.8 GB and waking 100 times a second, long after its run). Such a process has
     finished everything it did for the run; it is killed once WORKER_EXIT_GRACE_S has passed."""
     global _started_here
     import ray
