@@ -21,10 +21,4 @@ def session_pids() -> list[int]:
 
 def has_process(*titles: str) -> bool:
     """Whether a process of the session has a command line (Ray's process title) starting with one of `titles`."""
-    for pid in session_pids():
-        try:
-            if open(f"/proc/{pid}/cmdline").read().startswith(titles):
-                return True
-        except OSError:
-            pass
-    return False
+    return any(cmdline.startswith(titles) for _, _, cmdline in descendant_processes(ME))

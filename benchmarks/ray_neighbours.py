@@ -36,9 +36,10 @@ from pathlib import Path
 
 from _paired import judge_ratio
 from _results import add_save_argument, emit
-from _session import session_pids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.ray_connect import descendant_processes  # noqa: E402 (no torch, no Ray)
 
 # Run by P (`python -c`) and, with NAME = "W", by the Ray worker: wait for "go" on its pipe, time
 # the products, answer on the shared pipe; "stop" ends it.
@@ -69,12 +70,8 @@ def worker_loop(config: dict) -> None:
 
 def neighbour_groups(exclude: set[int]) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = {name: [] for name in GROUPS}
-    for pid in session_pids():
+    for pid, _, title in descendant_processes():
         if pid in exclude:
-            continue
-        try:
-            title = open(f"/proc/{pid}/cmdline").read()
-        except OSError:
             continue
         train_actor = title.startswith("ray::") and not title.startswith(NODE_ACTORS)
         groups["ray_train" if train_actor else "node"].append(pid)
@@ -144,7 +141,7 @@ def main() -> None:
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.ray_connect import connect
+    from pipelines.ray_connect import connect, disconnect
     from pipelines.ray_lean import set_local_cluster_defaults, torch_config, trainer_class
 
     connect(None, num_cpus=2)
@@ -156,7 +153,7 @@ def main() -> None:
                 run_config=ray.train.RunConfig(storage_path=tempfile.mkdtemp(), name="neighbours")).fit()
     coordinator.join()
     plain.wait()
-    ray.shutdown()
+    disconnect()
     shutil.rmtree(folder, ignore_errors=True)
     if failure:
         raise failure[0]

@@ -143,8 +143,7 @@ def descendant_processes(root: int | None = None) -> list[tuple[int, int, str]]:
         if name.isdigit() and (stat := _stat(int(name))) is not None:
             stats[int(name)] = stat
     out = []
-    for pid, (_, state, started) in stats.items():
-        ancestor = stats[pid][0]
+    for pid, (ancestor, state, started) in stats.items():
         while ancestor > 1 and ancestor != root:
             ancestor = stats.get(ancestor, (0,))[0]
         if ancestor == root and state != "Z":
