@@ -65,7 +65,7 @@ def _loopback_node_ip() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def connect(address: str | None, num_cpus: float, log_to_driver: bool = False) -> str:
+def connect(address: str | None, num_cpus: float, log_to_driver: bool = False, idle_workers: bool = True) -> str:
     """Join `address` (or $RAY_ADDRESS), or start a local cluster with `num_cpus` logical CPUs.
     Returns what happened: "joined", "started", or "existing" when Ray was already initialised
     in this process (tests, notebooks), which is then used as it is.
@@ -75,7 +75,12 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False) -
     127.0.0.1 only: nothing on the network can reach its GCS, raylet or workers. Set
     VAEZOO_RAY_BIND=node to have it listen on the node's IP as Ray does by default (for a
     cluster that other machines will join, start it with `ray start --head` instead and pass
-    --address). A joined cluster is left as it was started."""
+    --address). A joined cluster is left as it was started.
+
+    `idle_workers=False` starts a local cluster without the idle Python workers Ray starts ahead
+    of the first driver's tasks (one per CPU). Ray Train never uses them (its actors carry a
+    runtime environment, so each gets a fresh process), and each wakes about 150 times a second
+    beside the training worker (benchmarks/ray_paired_epochs.py measures what that costs)."""
     import ray
 
     global _started_here
@@ -96,8 +101,8 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False) -
     # loop in-process runs at niceness 0). A local cluster is this command's own: its workers run
     # at the driver's priority, as a Ray job's driver does (Ray's job manager sets 0 for it).
     with _loopback_node_ip() if mode == LOOPBACK else contextlib.nullcontext():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _system_config={"worker_niceness": 0}, **quiet)
+        system = {"worker_niceness": 0} | ({} if idle_workers else {"prestart_worker_first_driver": False})
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _system_config=system, **quiet)
     _started_here = True
     return "started"
 

@@ -272,7 +272,8 @@ def _connect(address: str | None, num_cpus: float, ray_logs: bool) -> bool:
     logging still run there."""
     from pipelines.ray_connect import connect
 
-    return connect(address, num_cpus=max(4, int(-(-num_cpus // 1))), log_to_driver=ray_logs) == "started"
+    cpus = max(4, int(-(-num_cpus // 1)))
+    return connect(address, num_cpus=cpus, log_to_driver=ray_logs, idle_workers=False) == "started"
 
 
 def _restore_working_directory(path: str, fallback: Path) -> None:
