@@ -17,7 +17,8 @@ A coordinator in the driver hands out the turns through named pipes, in rotating
 spell of this VM's drifting speed falls on every condition alike. Each pair of turns in a round is
 one sample for benchmarks/_paired.py, which judges "W takes at most as long as P" and, for each
 group, "P takes at most as long with the group stopped". `--trainer ray` runs Ray's own
-TorchTrainer (the left-out helpers present), `vaezoo` the one `vaezoo train` runs.
+TorchTrainer (the left-out helpers present), `vaezoo` the one `vaezoo train` runs, on a
+cluster without idle workers as `vaezoo train` starts it.
 Prints one JSON object; unless --no-save it is merged into benchmarks/results.json under
 "ray_neighbours".
 """
@@ -144,7 +145,7 @@ def main() -> None:
     from pipelines.ray_connect import connect, disconnect
     from pipelines.ray_lean import set_local_cluster_defaults, torch_config, trainer_class
 
-    connect(None, num_cpus=2)
+    connect(None, num_cpus=2, idle_workers=args.trainer == "ray")  # `vaezoo train` starts none
     set_local_cluster_defaults()
     trainer_cls = TorchTrainer if args.trainer == "ray" else trainer_class(local_cluster=True)
     trainer_cls(worker_loop, train_loop_config={"folder": folder, "calls": args.calls},

@@ -285,10 +285,10 @@ def main() -> None:
         # (the load of a shared machine drifts between the two phases; the idle Ray cluster takes
         # about 3% of one core). One Ray session for every batch size (Ray Train cannot start again
         # in a process whose earlier session was shut down); one worker gets every CPU, as the
-        # in-process loop does, and two share them.
+        # in-process loop does, and two share them. No idle workers, as `vaezoo train` starts it.
         from pipelines.ray_connect import connect
 
-        connect(None, num_cpus=os.cpu_count())
+        connect(None, num_cpus=os.cpu_count(), idle_workers=False)
         for r in rows:
             bs, pairs = r["batch_size"], {w: [] for w in args.ray_workers}
             for i in range(args.rounds):
