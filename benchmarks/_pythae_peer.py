@@ -19,6 +19,7 @@ import contextlib
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +38,12 @@ def pythae_version() -> str | None:
     return version("pythae")
 
 
-def pythae_throughput(x: torch.Tensor, batch_size: int, epochs: int, device: str = "cpu") -> float:
+def pythae_throughput(x: torch.Tensor, batch_size: int, epochs: int, device: str = "cpu",
+                      before_epoch: Callable[[], None] | None = None,
+                      after_epoch: Callable[[float], None] | None = None) -> float:
     """Images per second of pythae's training steps on `x` (N, 1, 28, 28) floats in [0, 1], the mean
-    over the epochs after the first (a warm-up)."""
+    over the epochs after the first (a warm-up). `before_epoch()` runs before each epoch's timer
+    starts and `after_epoch(images_per_sec)` after it stops (benchmarks/peer_paired_epochs.py)."""
     from pythae.data.datasets import BaseDataset
     from pythae.models import VAE, VAEConfig
     from pythae.models.base.base_utils import ModelOutput
@@ -72,8 +76,12 @@ def pythae_throughput(x: torch.Tensor, batch_size: int, epochs: int, device: str
         trainer = BaseTrainer(model, BaseDataset(x, torch.zeros(len(x))), training_config=config)
         trainer.prepare_training()  # what train() does first: seed, Adam, output folder, callbacks
         for epoch in range(1, epochs + 1):
+            if before_epoch is not None:
+                before_epoch()
             started = time.perf_counter()
             trainer.train_step(epoch)  # one pass over the data; .item() of each loss syncs the device
             rates.append(len(x) / (time.perf_counter() - started))
+            if after_epoch is not None:
+                after_epoch(rates[-1])
             trainer.callback_handler.on_epoch_end(training_config=config)  # closes its progress bar
     return sum(rates[1:]) / len(rates[1:])

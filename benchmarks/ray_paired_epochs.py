@@ -40,6 +40,7 @@ from pathlib import Path
 
 from _paired import alternate, judge_ratio
 from _results import add_save_argument, emit
+from _turns import Coordinator, Turns, make_pipes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,23 +48,6 @@ from pipelines.ray_connect import descendant_processes  # noqa: E402 (no torch, 
 
 TURNS = ("ray", "in_process", "in_process_beside_ray")
 SIDE_OF = {"ray": "ray", "in_process": "plain", "in_process_beside_ray": "plain"}
-
-
-class Turns:
-    """One side's end of the pipes: wait for "go" before each epoch, answer the epoch's images/s."""
-
-    def __init__(self, folder: str, side: str):
-        self.go = open(f"{folder}/go_{side}")  # opened in this order by both sides and the coordinator
-        self.done = open(f"{folder}/done", "w")
-        self.side = side
-
-    def wait(self) -> None:
-        if self.go.readline().strip() not in ("go", "end"):
-            raise RuntimeError("the coordinator ended before handing out the next turn")
-
-    def answer(self, images_per_sec: float) -> None:
-        self.done.write(f"{self.side} {images_per_sec}\n")
-        self.done.flush()
 
 
 def ray_worker_in_turns(folder: str):
@@ -122,22 +106,16 @@ def signal_all(pids: list[int], signum: int) -> None:
 
 
 def coordinate(folder: str, rounds: int, driver: int, plain: int) -> None:
-    pipes = {side: open(f"{folder}/go_{side}", "w") for side in ("plain", "ray")}  # waits for both sides
-    answers = open(f"{folder}/done")
+    coordinator = Coordinator(folder, ("plain", "ray"))  # waits for both sides
     rates: dict[str, list[float]] = {turn: [] for turn in TURNS}
 
     def take(turn: str) -> float:
         stopped = others(driver, {os.getpid(), plain}) if turn == "in_process" else []
         signal_all(stopped, signal.SIGSTOP)
         try:
-            pipes[SIDE_OF[turn]].write("go\n")
-            pipes[SIDE_OF[turn]].flush()
-            line = answers.readline().split()
+            return coordinator.turn(SIDE_OF[turn])
         finally:
             signal_all(stopped, signal.SIGCONT)
-        if len(line) != 2 or line[0] != SIDE_OF[turn]:
-            raise RuntimeError(f"expected an answer from {SIDE_OF[turn]}, got {line}")
-        return float(line[1])
 
     take("ray"), take("in_process_beside_ray")  # warm-up: data, model, first epoch
     for i in range(rounds):
@@ -145,9 +123,7 @@ def coordinate(folder: str, rounds: int, driver: int, plain: int) -> None:
             rates[turn].append(take(turn))
         print(f"[ray_paired_epochs] round {i + 1}/{rounds}: "
               + ", ".join(f"{t} {rates[t][-1]:,.0f}" for t in TURNS), file=sys.stderr, flush=True)
-    for pipe in pipes.values():
-        pipe.write("end\n")
-        pipe.close()
+    coordinator.end()
     Path(folder, "rates.json").write_text(json.dumps(rates))
 
 
@@ -175,14 +151,17 @@ def main() -> None:
     from pipelines import ray_train
 
     folder = tempfile.mkdtemp(prefix="vzepochs")
-    for name in ("go_plain", "go_ray", "done"):
-        os.mkfifo(f"{folder}/{name}")
+    make_pipes(folder, ("plain", "ray"))
     config = vaezoo_config(args.batch_size, args.rounds + 1, args.binarize, args.train_images)
     plain_config = config.with_overrides({"train.epochs": 2 * args.rounds + 1})
     me = [sys.executable, __file__, "--folder", folder]
     plain = subprocess.Popen(me + ["--role", "plain", "--config", json.dumps(plain_config.to_dict())])
     coordinator = subprocess.Popen(me + ["--role", "coordinator", "--rounds", str(args.rounds),
                                          "--pids", str(os.getpid()), str(plain.pid)])
+    import _turns
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(_turns)  # the worker cannot import benchmarks/ modules
     ray_train._train_worker = ray_worker_in_turns(folder)
     try:
         with tempfile.TemporaryDirectory(prefix="vaezoo-bench-ray-") as tmp, \
