@@ -22,3 +22,12 @@ def session_pids() -> list[int]:
 def has_process(*titles: str) -> bool:
     """Whether a process of the session has a command line (Ray's process title) starting with one of `titles`."""
     return any(cmdline.startswith(titles) for _, _, cmdline in descendant_processes(ME))
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    """Send `signum` to each of `pids` that is still there (SIGSTOP / SIGCONT a group of the session)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass

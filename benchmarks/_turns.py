@@ -52,3 +52,18 @@ class Coordinator:
         for pipe in self.pipes.values():
             pipe.write("end\n")
             pipe.close()
+
+
+def train_in_turns(folder: str, side: str, config, data) -> None:
+    """core.training.train (`config` on prepared `data`) as `side`: each epoch waits for its turn
+    and answers the images/s the loop logs; the last wait takes the coordinator's "end"."""
+    from core.training import train
+
+    turns = Turns(folder, side)
+    turns.wait()
+
+    def report_then_wait(metrics, checkpoint):
+        turns.answer(metrics["train/images_per_sec"])
+        turns.wait()
+
+    train(config, report=report_then_wait, data=data)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from _paired import alternate, judge_ratio
 from _results import add_save_argument, emit
-from _turns import Coordinator, Turns, make_pipes
+from _turns import Coordinator, Turns, make_pipes, train_in_turns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,19 +46,10 @@ TARGETS = {128: 1.25, 512: 1.4}  # issue #20, each library with its defaults
 
 def run_vaezoo(folder: str, batch_size: int, epochs: int, binarize: str, images: int | None) -> None:
     from core.datasets import prepare_data
-    from core.training import train
     from train_throughput import vaezoo_config
 
-    config = vaezoo_config(batch_size, epochs, binarize, images)
-    data = prepare_data("fashion-mnist", None, binarize, images, 500)
-    turns = Turns(folder, "vaezoo")
-    turns.wait()
-
-    def report_then_wait(metrics, checkpoint):
-        turns.answer(metrics["train/images_per_sec"])
-        turns.wait()
-
-    train(config, report=report_then_wait, data=data)
+    train_in_turns(folder, "vaezoo", vaezoo_config(batch_size, epochs, binarize, images),
+                   prepare_data("fashion-mnist", None, binarize, images, 500))
 
 
 def run_pythae(folder: str, batch_size: int, epochs: int, binarize: str, images: int | None) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from _paired import judge_ratio
 from _results import add_save_argument, emit
+from _session import signal_all
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -80,14 +81,6 @@ def neighbour_groups(exclude: set[int]) -> dict[str, list[int]]:
             groups["left_out"].append(pid)
         groups["all"].append(pid)
     return groups
-
-
-def signal_all(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def main() -> None:

@@ -40,7 +40,8 @@ from pathlib import Path
 
 from _paired import alternate, judge_ratio
 from _results import add_save_argument, emit
-from _turns import Coordinator, Turns, make_pipes
+from _session import signal_all
+from _turns import Coordinator, Turns, make_pipes, train_in_turns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -78,31 +79,15 @@ def ray_worker_in_turns(folder: str):
 
 def run_plain(folder: str, config_json: str) -> None:
     from core.config import RunConfig
-    from core.training import prepare_run_data, train
+    from core.training import prepare_run_data
 
     config = RunConfig.from_dict(json.loads(config_json))
-    data = prepare_run_data(config)
-    turns = Turns(folder, "plain")
-    turns.wait()
-
-    def report_then_wait(metrics, checkpoint):
-        turns.answer(metrics["train/images_per_sec"])
-        turns.wait()
-
-    train(config, report=report_then_wait, data=data)
+    train_in_turns(folder, "plain", config, prepare_run_data(config))
 
 
 def others(driver: int, exclude: set[int]) -> list[int]:
     """The driver and every process descending from it, but `exclude`."""
     return [pid for pid in [driver] + [p for p, _, _ in descendant_processes(driver)] if pid not in exclude]
-
-
-def signal_all(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def coordinate(folder: str, rounds: int, driver: int, plain: int) -> None:
