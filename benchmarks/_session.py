@@ -14,9 +14,9 @@ from pipelines.ray_connect import descendant_processes  # noqa: E402 (no torch, 
 ME = os.getpid()
 
 
-def session_pids() -> list[int]:
-    """This process and every process descending from it."""
-    return [ME] + [pid for pid, _, _ in descendant_processes(ME)]
+def session_pids(root: int = ME) -> list[int]:
+    """`root` (default: this process) and every process descending from it."""
+    return [root] + [pid for pid, _, _ in descendant_processes(root)]
 
 
 def has_process(*titles: str) -> bool:

@@ -54,16 +54,21 @@ class Coordinator:
             pipe.close()
 
 
-def train_in_turns(folder: str, side: str, config, data) -> None:
-    """core.training.train (`config` on prepared `data`) as `side`: each epoch waits for its turn
-    and answers the images/s the loop logs; the last wait takes the coordinator's "end"."""
-    from core.training import train
+def train_in_turns(folder: str, side: str, config, data=None, *, train=None, report=None, **kwargs):
+    """`train(config, report=..., data=data, **kwargs)` (default: core.training.train) as `side`:
+    each epoch waits for its turn, then calls `report(metrics, checkpoint)` if given (a Ray run's
+    checkpoint report) and answers the images/s the loop logs; the last wait takes the
+    coordinator's "end"."""
+    if train is None:
+        from core.training import train
 
     turns = Turns(folder, side)
     turns.wait()
 
     def report_then_wait(metrics, checkpoint):
+        if report is not None:
+            report(metrics, checkpoint)
         turns.answer(metrics["train/images_per_sec"])
         turns.wait()
 
-    train(config, report=report_then_wait, data=data)
+    return train(config, report=report_then_wait, data=data, **kwargs)

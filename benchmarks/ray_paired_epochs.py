@@ -40,12 +40,10 @@ from pathlib import Path
 
 from _paired import alternate, judge_ratio
 from _results import add_save_argument, emit
-from _session import signal_all
-from _turns import Coordinator, Turns, make_pipes, train_in_turns
+from _session import session_pids, signal_all
+from _turns import Coordinator, make_pipes, train_in_turns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.ray_connect import descendant_processes  # noqa: E402 (no torch, no Ray)
 
 TURNS = ("ray", "in_process", "in_process_beside_ray")
 SIDE_OF = {"ray": "ray", "in_process": "plain", "in_process_beside_ray": "plain"}
@@ -59,19 +57,9 @@ def ray_worker_in_turns(folder: str):
         import pipelines.ray_train as ray_train
 
         own_train = ray_train.train
-
-        def train_in_turns(config, report, **kwargs):
-            turns = Turns(folder, "ray")
-            turns.wait()
-
-            def report_then_wait(metrics, checkpoint):
-                report(metrics, checkpoint)  # the run's checkpoint report, as in every `vaezoo train`
-                turns.answer(metrics["train/images_per_sec"])
-                turns.wait()
-
-            return own_train(config, report=report_then_wait, **kwargs)
-
-        ray_train.train = train_in_turns
+        # The run's own report (its checkpoint, as in every `vaezoo train`) comes before the answer.
+        ray_train.train = lambda config, report, **kwargs: train_in_turns(
+            folder, "ray", config, train=own_train, report=report, **kwargs)
         ray_train._train_worker(loop_config)
 
     return worker
@@ -85,17 +73,12 @@ def run_plain(folder: str, config_json: str) -> None:
     train_in_turns(folder, "plain", config, prepare_run_data(config))
 
 
-def others(driver: int, exclude: set[int]) -> list[int]:
-    """The driver and every process descending from it, but `exclude`."""
-    return [pid for pid in [driver] + [p for p, _, _ in descendant_processes(driver)] if pid not in exclude]
-
-
 def coordinate(folder: str, rounds: int, driver: int, plain: int) -> None:
     coordinator = Coordinator(folder, ("plain", "ray"))  # waits for both sides
     rates: dict[str, list[float]] = {turn: [] for turn in TURNS}
 
     def take(turn: str) -> float:
-        stopped = others(driver, {os.getpid(), plain}) if turn == "in_process" else []
+        stopped = [p for p in session_pids(driver) if p not in (os.getpid(), plain)] if turn == "in_process" else []
         signal_all(stopped, signal.SIGSTOP)
         try:
             return coordinator.turn(SIDE_OF[turn])
