@@ -63,6 +63,17 @@ class FusedAdam(torch.optim.Adam):
                            maximize=False, grad_scale=None, found_inf=None)
         return None
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's zero_grad(set_to_none=True) sets every `p.grad = None` inside a dynamo-disabling
+        wrapper and a profiler range that cost 100-180 µs a call: about 1% of a batch-512 step and
+        3% of a batch-128 one (benchmarks/optimizer_step.py). The loop alone does the same;
+        zeroing in place (set_to_none=False) stays torch's."""
+        if not set_to_none:
+            return super().zero_grad(set_to_none=False)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
     # torch wraps an optimiser class's `step` in its hook-and-profiler wrapper unless it is marked
     # hooked: the direct path runs only without hooks, so it needs none (the fallback adds it).
     step.hooked = True

@@ -86,3 +86,22 @@ def test_adam_takes_torch_default_when_not_fused():
     assert type(adam(params, lr=1e-3, fused=True)) is FusedAdam
     plain = adam(params, lr=1e-3, fused=False)
     assert type(plain) is torch.optim.Adam and plain.param_groups[0]["fused"] is None
+
+
+def test_fused_adam_zero_grad_does_what_torch_zero_grad_does():
+    ours, theirs = _params(), _params()
+    opt, ref = FusedAdam(ours, lr=1e-2), torch.optim.Adam(theirs, lr=1e-2, fused=True)
+    for step in range(3):  # through steps: the state exists, the grads come and go
+        _set_grads(ours, step)
+        _set_grads(theirs, step)
+        opt.step()
+        ref.step()
+        opt.zero_grad()
+        ref.zero_grad()
+        assert all(p.grad is None for p in ours + theirs)
+        assert _same(ours, theirs)
+    # set_to_none=False zeroes each gradient in place (torch's own path): the same tensor, all 0
+    _set_grads(ours, 3)
+    kept = [p.grad for p in ours]
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is g and not g.any() for p, g in zip(ours, kept))
