@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from core.data import ImageDataset, to_float
+from core.data import ImageDataset, UniformStream, binarize_below, to_float
 
 
 @dataclass
@@ -42,14 +42,29 @@ class TrainingSource:
     device: torch.device
     dequantized: bool = False  # fresh uniform noise per batch: (x + u) / 256 (Gaussian likelihoods)
 
+    def __post_init__(self) -> None:
+        # On the CPU the dynamic draw takes its uniforms from a stream made in large chunks.
+        self._uniforms = (UniformStream() if self.dynamic and not self.dequantized and self.device.type == "cpu"
+                          else None)
+
     def __len__(self) -> int:
         return len(self.data)
+
+    def start_epoch(self) -> None:
+        """The trainer calls this before each epoch's first batch: from here the epoch's random
+        bits follow from torch's generator alone, as a resumed run's do."""
+        if self._uniforms is not None:
+            self._uniforms.restart()
 
     def batch(self, indices: torch.Tensor) -> Batch:
         labels = self.data.labels
         # index_select copies whole rows; images[indices] goes through the general indexing
         # kernel, several times slower on uint8 images.
-        x = to_float(self.data.images.index_select(0, indices), self.dynamic, dequantized=self.dequantized)
+        images = self.data.images.index_select(0, indices)
+        if self._uniforms is not None:
+            x = binarize_below(images, self._uniforms.take(images.numel()).view(images.shape))
+        else:
+            x = to_float(images, self.dynamic, dequantized=self.dequantized)
         return Batch(x, None if labels is None else labels.index_select(0, indices))
 
     def shuffled_batches(self, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:

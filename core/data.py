@@ -175,9 +175,41 @@ def dynamic_binarize(images: torch.Tensor, generator: torch.Generator | None = N
     512 than the draw it replaced (a torch.randint threshold in {0..254} per pixel, one
     Mersenne-twister call each), and 5.2x / 8.4x cheaper than torch.bernoulli on x / 255
     (benchmarks/binarisation_draw.py)."""
-    uniform = _uniform_15_bit(images.shape, generator, images.device)
+    return binarize_below(images, _uniform_15_bit(images.shape, generator, images.device))
+
+
+def binarize_below(images: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """`dynamic_binarize` given its 15-bit uniforms (int16, the images' shape): floats 0/1, a pixel
+    1 where its uniform is below its grey level's threshold."""
     out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
     return torch.le(uniform, _thresholds_less_one(images), out=out)
+
+
+class UniformStream:
+    """15-bit uniforms for dynamic binarisation on the CPU, made 2**21 at a time (4 MiB) by one
+    SFC64 seeded from torch's generator. Made batch by batch (a seed, a generator and a numpy call
+    each, in caches the backward pass has just filled) they were more than half of the draw's cost
+    in a training step (benchmarks/step_parts.py). `restart` drops what is left, so the next
+    `take` seeds afresh from torch's generator: the trainer restarts the stream every epoch, so a
+    run resumed at an epoch boundary draws the same bits as one that never stopped."""
+
+    CHUNK = 2**21
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+        self.restart()
+
+    def restart(self) -> None:
+        self._uniform: torch.Tensor | None = None
+        self._used = 0
+
+    def take(self, n: int) -> torch.Tensor:
+        """The next n uniforms, each used once (int16, 1-d)."""
+        if self._uniform is None or self._used + n > len(self._uniform):
+            self._uniform = _uniform_15_bit(torch.Size([max(n, self.CHUNK)]), self.generator, torch.device("cpu"))
+            self._used = 0
+        self._used += n
+        return self._uniform[self._used - n:self._used]
 
 
 def dynamic_one_probability(level: int) -> float:

@@ -164,6 +164,7 @@ def train(config: RunConfig, report: Report = print_report, resume: dict[str, An
     for epoch in range(start_epoch, tcfg.epochs + 1):
         variant.train()
         batches = variant.epoch_batches(source, tcfg.batch_size, tcfg.seed, epoch)
+        source.start_epoch()
         # Metric sums per optimiser group, one float64 vector each (a step adds every metric in one
         # op, with no host sync); keyed by the group's metric names.
         sums: dict[tuple[str, ...], torch.Tensor] = {}

@@ -8,7 +8,8 @@ import math
 import torch
 
 from core.batches import TrainingSource
-from core.data import ImageDataset, _thresholds_less_one, dynamic_binarize, dynamic_one_probability, to_float
+from core.data import (ImageDataset, UniformStream, _thresholds_less_one, _uniform_15_bit, binarize_below,
+                       dynamic_binarize, dynamic_one_probability, to_float)
 
 DRAWS_PER_LEVEL = 20_000
 
@@ -59,8 +60,36 @@ def test_training_batches_draw_fresh_bits_from_the_torch_generator():
     source = TrainingSource(ImageDataset(images, None, 0, "grey"), dynamic=True, device=torch.device("cpu"))
     idx = torch.arange(64)
     torch.manual_seed(5)
+    source.start_epoch()
     first, second = source.batch(idx).x, source.batch(idx).x
     torch.manual_seed(5)
-    assert torch.equal(source.batch(idx).x, first)  # reproducible from the seed
+    assert not torch.equal(source.batch(idx).x, first)  # mid-epoch the stream goes on ...
+    source.start_epoch()
+    assert torch.equal(source.batch(idx).x, first)  # ... and from an epoch's start it follows from the seed
     assert not torch.equal(first, second)  # a new draw per batch
     assert torch.equal(to_float(images), images.float() / 255)  # without dynamic: the grey levels
+
+
+def test_the_uniform_stream_hands_out_one_draw_in_order_each_uniform_once():
+    torch.manual_seed(3)
+    stream = UniformStream()
+    sizes = [1000, 7, UniformStream.CHUNK - 1007, 10]  # the last one no longer fits the first chunk
+    taken = [stream.take(n) for n in sizes]
+    assert [len(t) for t in taken] == sizes
+    torch.manual_seed(3)
+    chunk = _uniform_15_bit(torch.Size([UniformStream.CHUNK]), None, torch.device("cpu"))
+    assert torch.equal(torch.cat(taken[:3]), chunk)  # the first chunk exactly, in order, none twice
+    assert taken[3].min() >= 0 and not torch.equal(taken[3], chunk[:10])  # 15 bits: no sign bit; a new draw
+    # a take larger than a chunk is one draw of its own size
+    torch.manual_seed(4)
+    stream.restart()
+    big = stream.take(UniformStream.CHUNK + 5)
+    torch.manual_seed(4)
+    assert torch.equal(big, _uniform_15_bit(torch.Size([UniformStream.CHUNK + 5]), None, torch.device("cpu")))
+
+
+def test_binarize_below_is_dynamic_binarize_given_its_uniforms():
+    images = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    bits = dynamic_binarize(images, torch.Generator().manual_seed(9))
+    uniform = _uniform_15_bit(images.shape, torch.Generator().manual_seed(9), images.device)
+    assert torch.equal(binarize_below(images, uniform), bits)
