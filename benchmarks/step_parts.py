@@ -20,7 +20,9 @@ for a variant with one optimiser group: `draw_batch`, `zero_grad`, `losses` with
     uint8 0/255 and its conversion), instead of a fresh Bernoulli draw per batch: what the dynamic
     draw costs;
   - `fixed_words`: the draw as it is, but its 15-bit uniforms are a copy of one fixed buffer:
-    what making the random words costs (their seed, generator and numpy call);
+    what making the random words costs;
+  - `per_batch_words`: the uniforms made batch by batch (`core.data.dynamic_binarize`: a seed, an
+    SFC64 generator and a numpy call per batch), as before core.data.UniformStream;
   - `torch_zero_grad`: torch's `Optimizer.zero_grad` instead of FusedAdam's plain loop: what
     FusedAdam.zero_grad saves.
   Each side is its own model and optimiser. Two sides with no change differ by up to 2-3% in a
@@ -47,7 +49,7 @@ from _paired import alternate, judge_ratio  # noqa: E402
 from _results import add_save_argument, emit  # noqa: E402
 
 PARTS = ("draw", "zero_grad", "forward", "backward", "optimizer")
-CHANGES = ("predrawn_bits", "fixed_words", "torch_zero_grad")
+CHANGES = ("predrawn_bits", "fixed_words", "per_batch_words", "torch_zero_grad")
 
 
 def make_step(batch_size: int, change: str | None, data, timings: dict[str, list[float]] | None = None) -> Callable[[], None]:
@@ -74,8 +76,9 @@ def make_step(batch_size: int, change: str | None, data, timings: dict[str, list
 
         def draw(indices):
             images = data.train.images.index_select(0, indices)
-            uniform = words[:len(indices)].clone()
-            return Batch(torch.le(uniform, core.data._thresholds_less_one(images), out=torch.empty(images.shape)))
+            return Batch(core.data.binarize_below(images, words[:len(indices)].clone()))
+    elif change == "per_batch_words":
+        draw = lambda indices: Batch(core.data.dynamic_binarize(data.train.images.index_select(0, indices)))  # noqa: E731
     zero_grad = ((lambda: torch.optim.Optimizer.zero_grad(optimizer, set_to_none=True)) if change == "torch_zero_grad"
                  else (lambda: optimizer.zero_grad(set_to_none=True)))
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(0))
