@@ -53,8 +53,9 @@ def test_an_older_saved_model_evaluates_exactly_as_before(name, data):
 # The dynamic-binarisation draw changed on purpose too (issue 20: uint8 thresholds instead of
 # torch.bernoulli, a different random stream), so epoch 2's training batches differ from fd1ef8a's:
 # `epoch2_train_metrics` was re-recorded at that change (the fd1ef8a numbers are kept beside it as
-# `epoch2_train_metrics_fd1ef8a`), and again when the draw became a 15-bit SFC64 stream seeded by
-# torch's generator; the old checkpoint's state (weights, optimiser, RNG) still resumes.
+# `epoch2_train_metrics_fd1ef8a`), again when the draw became a 15-bit SFC64 stream seeded by
+# torch's generator, and again when those uniforms came from a stream made 2**21 at a time
+# (core.data.UniformStream); the old checkpoint's state (weights, optimiser, RNG) still resumes.
 # Issue 20's log1p-free Bernoulli log-likelihood rounds its values differently: `test_metrics` and
 # `epoch2_train_metrics` were re-recorded at that change, fd1ef8a's evaluation kept beside them as
 # `test_metrics_fd1ef8a` and checked to rounding.
