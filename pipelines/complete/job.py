@@ -19,6 +19,8 @@ from pipelines.encode.job import (MAX_BLOCK_BYTES, _connect, _failure_summary, _
 from pipelines.encode.schema import PREPROCESSING, EncodeError, EncodeFailed
 from pipelines.encode.sources import plan_source
 from pipelines.encode.staging import _check_replaceable, _commit, _staging_path, clean_stale_staging, verify_output
+from pipelines.ray_connect import started_local_cluster
+from pipelines.ray_data_lean import lean_execution
 
 
 def _check_task(variant, config, task: str) -> None:
@@ -114,8 +116,9 @@ def run_complete(model: str, inputs: Sequence[str] | str, output: str | os.PathL
                                        "nll_samples": nll_samples, "seed": seed,
                                        "device": "cuda" if use_gpu else "cpu"},
                 num_cpus=1, num_gpus=1 if use_gpu else 0)
-            ds.write_parquet(str(staging / SCORES_FOLDER), schema=schema, min_rows_per_file=rows_per_file,
-                             max_rows_per_file=rows_per_file)
+            with lean_execution(started_local_cluster()):  # no dashboard metrics, no autoscaler
+                ds.write_parquet(str(staging / SCORES_FOLDER), schema=schema, min_rows_per_file=rows_per_file,
+                                 max_rows_per_file=rows_per_file)
         except Exception as err:  # noqa: BLE001 - Ray wraps everything; sort it into input or failure
             if os.environ.get("VAEZOO_DEBUG"):
                 raise

@@ -18,6 +18,8 @@ from pipelines.encode.encoder import LatentEncoder
 from pipelines.encode.schema import FORMAT_NAME, FORMAT_VERSION, PREPROCESSING, EncodeError, EncodeFailed, output_schema
 from pipelines.encode.sources import plan_source
 from pipelines.encode.staging import _check_replaceable, _commit, _staging_path, clean_stale_staging, verify_output
+from pipelines.ray_connect import started_local_cluster
+from pipelines.ray_data_lean import lean_execution
 
 MAX_BLOCK_BYTES = 16 << 20  # Ray Data's target block size during the job
 
@@ -153,7 +155,7 @@ def _warm_a_writer_worker() -> None:
     imports those (about a second) only once the first block is out, a delay that lands at the
     end of the job. The actor takes another idle worker meanwhile, and the writes then reuse this
     one, which holds nothing the writer would not have imported anyway. Measured: 70k rows in
-    4.9 s instead of 5.4 s (3 interleaved pairs, 2 cores; README, Benchmarks)."""
+    4.9 s instead of 5.4 s (3 interleaved pairs, 2 cores; docs/performance-log.md)."""
     import ray
 
     @ray.remote(num_cpus=0, max_retries=0)
@@ -246,7 +248,7 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
             # The read runs fused inside the encoder actors (Ray fuses a task-pool read into an
             # actor-pool map when their resources match and the map takes whole blocks): no read
             # worker processes, no trip of the pixels through the object store. Measured on 2
-            # cores (README, Benchmarks): 1.4x less memory than separate read tasks. One read
+            # cores (docs/performance-log.md): 1.4x less memory than separate read tasks. One read
             # task per part; the actor calls the model on `batch_size` rows at a time.
             resources = {"num_cpus": cpus_per_worker, "num_gpus": 1 if use_gpu else 0}
             ds = ray.data.read_datasource(_make_datasource(source, shape), override_num_blocks=len(source.parts),
@@ -258,8 +260,9 @@ def run_encode(model: str, inputs: Sequence[str] | str, output: str | os.PathLik
                                        "device": "cuda" if use_gpu else "cpu", "torch_threads": torch_threads,
                                        "batch_size": batch_size, "model_path": str(model_dir)},
                 **resources)
-            ds.write_parquet(str(staging), schema=schema, min_rows_per_file=rows_per_file,
-                             max_rows_per_file=rows_per_file)
+            with lean_execution(started_local_cluster()):  # no dashboard metrics, no autoscaler
+                ds.write_parquet(str(staging), schema=schema, min_rows_per_file=rows_per_file,
+                                 max_rows_per_file=rows_per_file)
         except Exception as err:  # noqa: BLE001 - Ray wraps everything; sort it into input or failure
             if os.environ.get("VAEZOO_DEBUG"):
                 raise
