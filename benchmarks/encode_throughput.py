@@ -92,16 +92,15 @@ def make_idx(folder: Path, times: int) -> Path:
 # -- the measured runs (each in its own process) ---------------------------------------------------
 
 def child_ray(model: str, data: str, out: str, workers: int, batch_size: int, object_store_mib: int) -> dict:
-    import ray
-
     from pipelines.encode import run_encode
     from pipelines.encode.job import default_cpus_per_worker, local_cluster_cpus
+    from pipelines.ray_connect import connect, disconnect
 
     started = time.perf_counter()
-    # The cluster `vaezoo encode` would start for itself (its CPUs split over the actors).
+    # The cluster `vaezoo encode` would start for itself, started the same way (its CPUs split
+    # over the actors, workers at the driver's priority, loopback only), its object store fixed.
     num_cpus = local_cluster_cpus(workers, default_cpus_per_worker(workers, local=True))
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False, object_store_memory=(object_store_mib << 20) if object_store_mib else None)
+    connect(None, num_cpus, object_store_bytes=(object_store_mib << 20) if object_store_mib else None)
     startup = time.perf_counter() - started
     print("READY", flush=True)
     time.sleep(2.0)  # let the parent sample the idle cluster
@@ -109,7 +108,7 @@ def child_ray(model: str, data: str, out: str, workers: int, batch_size: int, ob
     summary = run_encode(model, [data], out, split="all", batch_size=batch_size, num_workers=workers,
                          cpus_per_worker=default_cpus_per_worker(workers, local=True))
     seconds = summary["seconds"]
-    ray.shutdown()
+    disconnect()
     return {"rows": summary["rows"], "seconds": seconds, "startup_seconds": round(startup, 2),
             "files": summary["files"], "cpus_per_worker": summary["cpus_per_worker"],
             "torch_threads_per_worker": summary["torch_threads_per_worker"]}

@@ -65,7 +65,8 @@ def _loopback_node_ip() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def connect(address: str | None, num_cpus: float, log_to_driver: bool = False, idle_workers: bool = True) -> str:
+def connect(address: str | None, num_cpus: float, log_to_driver: bool = False, idle_workers: bool = True,
+            object_store_bytes: int | None = None) -> str:
     """Join `address` (or $RAY_ADDRESS), or start a local cluster with `num_cpus` logical CPUs.
     Returns what happened: "joined", "started", or "existing" when Ray was already initialised
     in this process (tests, notebooks), which is then used as it is.
@@ -80,7 +81,8 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False, i
     `idle_workers=False` starts a local cluster without the idle Python workers Ray starts ahead
     of the first driver's tasks (one per CPU). Ray Train never uses them (its actors carry a
     runtime environment, so each gets a fresh process), and each wakes about 150 times a second
-    beside the training worker (benchmarks/ray_paired_epochs.py measures what that costs)."""
+    beside the training worker (benchmarks/ray_paired_epochs.py measures what that costs).
+    `object_store_bytes` sizes a local cluster's object store (None: Ray's default, 30% of memory)."""
     import ray
 
     global _started_here
@@ -102,7 +104,8 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False, i
     # at the driver's priority, as a Ray job's driver does (Ray's job manager sets 0 for it).
     with _loopback_node_ip() if mode == LOOPBACK else contextlib.nullcontext():
         system = {"worker_niceness": 0} | ({} if idle_workers else {"prestart_worker_first_driver": False})
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _system_config=system, **quiet)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _system_config=system,
+                 object_store_memory=object_store_bytes, **quiet)
     _started_here = True
     return "started"
 
