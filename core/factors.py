@@ -347,7 +347,7 @@ def load_generated_split(dataset: str, split: str, data_dir: str | None = None,
                          cache_dir: str | os.PathLike | None = None, use_cache: bool = True) -> ImageDataset:
     """One split of a generated dataset, from the cache when a valid copy is there.
 
-    Cache, not on-the-fly: see benchmarks/generated_data.py for the figures (README, Benchmarks).
+    Cache, not on-the-fly: see benchmarks/generated_data.py for the figures (README, "Data with known factors").
     `data_dir` is the Fashion-MNIST IDX folder for transformed-fashion-mnist (default: Debian's);
     it is not part of the cache key, so point it only at Fashion-MNIST itself. The cache lives in
     $VAEZOO_DATA_CACHE or ~/.cache/vae-zoo/generated.
