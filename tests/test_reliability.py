@@ -710,10 +710,10 @@ def test_bad_ray_bind_setting_is_one_line(inputs, tmp_path, monkeypatch, capsys)
 
 
 def _documented_commands() -> list[tuple[str, list[str]]]:
-    """Every `mlflow server`, `mlflow ui` and `ray start` command the README and the scripts show
+    """Every `mlflow server`, `mlflow ui` and `ray start` command the README, docs/ and the scripts show
     (code blocks, inline code, echoed hints), as (file, argv)."""
     found = []
-    for path in [REPO / "README.md", *sorted((REPO / "scripts").glob("*.sh"))]:
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "scripts").glob("*.sh"))]:
         text = path.read_text().replace("\\\n", " ")  # join continued lines
         for match in re.finditer(r"\b(?:mlflow (?:server|ui)|ray start)\b[^\n\"'`;#&)]*", text):
             found.append((path.name, shlex.split(match.group(0))))
