@@ -13,7 +13,7 @@ loads its model:
 `lean_execution(local_cluster)` replaces the first two for the duration of a job, on a local
 cluster this process started only: the metrics are dropped, and the job's budget is the
 cluster's own resources. A joined cluster keeps Ray's behaviour. These are Ray
-2.60's private hooks (Ray is pinned); tests/test_encode.py checks which processes a job starts.
+2.60's private hooks (Ray is pinned); tests/test_ray_data_lean.py checks which helpers a job starts.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def lean_execution(local_cluster: bool) -> Iterator[None]:
         (_StatsManager, "update_execution_metrics"): staticmethod(no_metrics),
         (_StatsManager, "update_iteration_metrics"): staticmethod(no_metrics),
     }
-    saved = {key: owner.__dict__[name] for key in replaced for owner, name in [key]}
+    saved = {(owner, name): owner.__dict__[name] for owner, name in replaced}
     try:
         for (owner, name), value in replaced.items():
             setattr(owner, name, value)

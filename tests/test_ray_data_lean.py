@@ -20,7 +20,6 @@ HELPERS = ["_StatsActor", "AutoscalingCoordinator"]
 # lean job runs first, as the helpers are detached actors that outlive the job that started them.
 JOB = textwrap.dedent("""
     import json, sys
-    import numpy as np
     import ray, ray.data
     from pipelines.ray_connect import connect, disconnect
     from pipelines.ray_data_lean import lean_execution
