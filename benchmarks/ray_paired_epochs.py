@@ -2,6 +2,7 @@
 
     python benchmarks/ray_paired_epochs.py [--batch-size 128] [--rounds 30] [--train-images N]
                                            [--binarize static|dynamic] [--no-save]
+                                           [--also-stopped TITLE ...]
 
 Whole runs minutes apart inherit this VM's speed phases (whole runs land up to 40% apart), so the
 rounds of train_throughput.py's one-worker Ray rows spread 0.6-1.3x and 30 of them leave the 0.95x
@@ -16,7 +17,10 @@ target unresolved. Here both sides are alive at once and take turns, one steady 
   idle workers, Ray Train's controller, synchronisation actor and worker). That is the machine an
   in-process run has, with no Ray on it; only the stopped processes' memory stays;
 * `in_process_beside_ray`: the same plain process with nothing stopped, so the ratio splits into the
-  worker against a plain process beside the same neighbours, and what the neighbours cost.
+  worker against a plain process beside the same neighbours, and what the neighbours cost;
+* with `--also-stopped TITLE`, `beside_ray_without_TITLE`: the plain process again while only the
+  session's processes whose title starts with TITLE (e.g. `ray::TrainController`) are stopped, judged
+  against `in_process_beside_ray`: what that one neighbour costs an epoch.
 
 A coordinator process (no Ray, no torch) hands out the turns through named pipes, in rotating order,
 each round in the other direction. Images/s are those the loop logs (`train/images_per_sec`: the
@@ -44,6 +48,8 @@ from _session import session_pids, signal_all
 from _turns import Coordinator, make_pipes, train_in_turns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.ray_connect import descendant_processes  # noqa: E402 (no torch, no Ray)
 
 TURNS = ("ray", "in_process", "in_process_beside_ray")
 SIDE_OF = {"ray": "ray", "in_process": "plain", "in_process_beside_ray": "plain"}
@@ -73,24 +79,34 @@ def run_plain(folder: str, config_json: str) -> None:
     train_in_turns(folder, "plain", config, prepare_run_data(config))
 
 
-def coordinate(folder: str, rounds: int, driver: int, plain: int) -> None:
+def without(title: str) -> str:
+    return f"beside_ray_without_{title}"
+
+
+def coordinate(folder: str, rounds: int, driver: int, plain: int, also_stopped: list[str]) -> None:
     coordinator = Coordinator(folder, ("plain", "ray"))  # waits for both sides
-    rates: dict[str, list[float]] = {turn: [] for turn in TURNS}
+    turns = TURNS + tuple(without(title) for title in also_stopped)
+    rates: dict[str, list[float]] = {turn: [] for turn in turns}
 
     def take(turn: str) -> float:
         stopped = [p for p in session_pids(driver) if p not in (os.getpid(), plain)] if turn == "in_process" else []
+        for title in also_stopped:
+            if turn == without(title):
+                stopped = [pid for pid, _, cmdline in descendant_processes(driver) if cmdline.startswith(title)]
+                if not stopped:
+                    raise SystemExit(f"--also-stopped {title}: no such process in the session")
         signal_all(stopped, signal.SIGSTOP)
         try:
-            return coordinator.turn(SIDE_OF[turn])
+            return coordinator.turn(SIDE_OF.get(turn, "plain"))  # the --also-stopped turns are plain
         finally:
             signal_all(stopped, signal.SIGCONT)
 
     take("ray"), take("in_process_beside_ray")  # warm-up: data, model, first epoch
     for i in range(rounds):
-        for turn in alternate(TURNS[i % 3:] + TURNS[:i % 3], i):
+        for turn in alternate(turns[i % len(turns):] + turns[:i % len(turns)], i):
             rates[turn].append(take(turn))
         print(f"[ray_paired_epochs] round {i + 1}/{rounds}: "
-              + ", ".join(f"{t} {rates[t][-1]:,.0f}" for t in TURNS), file=sys.stderr, flush=True)
+              + ", ".join(f"{t} {rates[t][-1]:,.0f}" for t in turns), file=sys.stderr, flush=True)
     coordinator.end()
     Path(folder, "rates.json").write_text(json.dumps(rates))
 
@@ -104,13 +120,15 @@ def main() -> None:
     parser.add_argument("--role", choices=("driver", "plain", "coordinator"), default="driver", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--also-stopped", nargs="+", default=[], metavar="TITLE",
+                        help="also time the plain process with only these Ray processes stopped")
     parser.add_argument("--pids", type=int, nargs=2, help=argparse.SUPPRESS)
     add_save_argument(parser)
     args = parser.parse_args()
     if args.role == "plain":
         return run_plain(args.folder, args.config)
     if args.role == "coordinator":
-        return coordinate(args.folder, args.rounds, *args.pids)
+        return coordinate(args.folder, args.rounds, *args.pids, args.also_stopped)
     if args.rounds < 3 or args.batch_size < 1:
         parser.error("--rounds must be at least 3 (benchmarks/_paired.py) and --batch-size positive")
 
@@ -121,11 +139,12 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="vzepochs")
     make_pipes(folder, ("plain", "ray"))
     config = vaezoo_config(args.batch_size, args.rounds + 1, args.binarize, args.train_images)
-    plain_config = config.with_overrides({"train.epochs": 2 * args.rounds + 1})
+    plain_config = config.with_overrides({"train.epochs": (2 + len(args.also_stopped)) * args.rounds + 1})
     me = [sys.executable, __file__, "--folder", folder]
     plain = subprocess.Popen(me + ["--role", "plain", "--config", json.dumps(plain_config.to_dict())])
     coordinator = subprocess.Popen(me + ["--role", "coordinator", "--rounds", str(args.rounds),
-                                         "--pids", str(os.getpid()), str(plain.pid)])
+                                         "--pids", str(os.getpid()), str(plain.pid)]
+                                   + (["--also-stopped", *args.also_stopped] if args.also_stopped else []))
     import _turns
     import ray.cloudpickle
 
@@ -153,6 +172,8 @@ def main() -> None:
         "ray_vs_in_process_beside_ray": judge_ratio(list(zip(rates["ray"], rates["in_process_beside_ray"])), 1.0),
         "in_process_beside_ray_vs_alone": judge_ratio(
             list(zip(rates["in_process_beside_ray"], rates["in_process"])), 1.0),
+        **{f"{without(title)}_vs_beside_ray": judge_ratio(
+            list(zip(rates[without(title)], rates["in_process_beside_ray"])), 1.0) for title in args.also_stopped},
         "images_per_sec": rates,
     }, args.save)
 

@@ -16,10 +16,15 @@ and the worker's own gloo loop about 80 times. So:
   through the State API, which a cluster without a dashboard does not serve; the local cluster
   ends with this process anyway) and the autoscaling coordinator (a local cluster has no
   autoscaler to ask for nodes). Stopping these three during a run made a neighbouring process's
-  matrix products 2.9% faster, interval [0.8, 4.9]% (benchmarks/ray_neighbours.py, issue #20).
+  matrix products 2.9% faster, interval [0.8, 4.9]% (benchmarks/ray_neighbours.py, issue #20);
+* a one-worker run on such a cluster has no synchronisation actor either: its controller gives the
+  worker group a `SoloBarrier`, since a barrier of one opens at once. Stopping Ray's actor during
+  a run made a plain process's training epoch beside it 3.8% faster, [0.3, 7.4]% (7.7% in another
+  run; benchmarks/ray_paired_epochs.py --also-stopped, docs/performance-log.md).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 LOCAL_CLUSTER_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
@@ -36,6 +41,7 @@ def trainer_class(local_cluster: bool):
     one this process started. The overrides are Ray 2.60's private hooks (Ray is pinned);
     tests/test_ray_helpers.py checks which helper processes a run really starts."""
     from ray.train.torch import TorchTrainer
+    from ray.train.v2.api import data_parallel_trainer
     from ray.train.v2._internal.callbacks import DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
@@ -49,6 +55,9 @@ def trainer_class(local_cluster: bool):
         def _initialize_and_run_controller(self, **controller_init_kwargs):
             if local_cluster and type(controller_init_kwargs.get("scaling_policy")) is FixedScalingPolicy:
                 controller_init_kwargs["scaling_policy"] = _policy_without_autoscaler(self.scaling_config)
+                if self.scaling_config.num_workers == 1:  # Ray reads this global to start the controller actor
+                    with _swapped(data_parallel_trainer, "TrainController", _controller_with_solo_barrier()):
+                        return super()._initialize_and_run_controller(**controller_init_kwargs)
             return super()._initialize_and_run_controller(**controller_init_kwargs)
 
     return LeanTorchTrainer
@@ -69,6 +78,94 @@ def _policy_without_autoscaler(scaling_config):
             pass
 
     return FixedScalingPolicyWithoutAutoscaler(scaling_config)
+
+
+@contextlib.contextmanager
+def _swapped(module, name: str, value):
+    """`module.name` is `value` for the duration (a Ray 2.60 global read where it is called)."""
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
+class SoloBarrier:
+    """Ray Train's synchronisation actor for a group of one worker, without a process of its own.
+
+    Ray Train starts a SynchronizationActor beside every worker group: `ray.train.report` and the
+    `ray.train.collective` calls meet there, and it is otherwise idle, waking ~150 times a second
+    on the worker's cores. A barrier of one opens at once and a broadcast from rank 0 returns the
+    caller's own data, so this stand-in answers the same calls (`method.remote(...)` giving an
+    object ref) in the calling process."""
+
+    class _Call:
+        def __init__(self, answer):
+            self._answer = answer
+
+        def remote(self, *args, **kwargs):
+            import ray
+
+            return ray.put(self._answer(*args, **kwargs))
+
+    @staticmethod
+    def _broadcast(world_rank: int, world_size: int, data, *_, **__):
+        if (world_rank, world_size) != (0, 1):
+            raise ValueError(f"a solo barrier serves rank 0 of 1, not rank {world_rank} of {world_size}")
+        return data
+
+    broadcast_from_rank_zero = _Call(_broadcast)
+    # Ray's actor refuses a required set without rank 0 (the only writer of a broadcast)
+    set_required_ranks = _Call(lambda ranks: ranks is None or 0 in set(ranks))
+    reset = _Call(lambda: None)
+
+    @classmethod
+    def options(cls, **_):  # SynchronizationActor.options(...).remote(...) in Ray's worker group
+        return cls
+
+    @classmethod
+    def remote(cls, **_):
+        return cls()
+
+
+def _controller_with_solo_barrier():
+    """Ray Train's controller whose one-worker groups synchronise through a SoloBarrier. It runs
+    in the controller's own process: the worker group reads these two module globals there."""
+    import ray
+    from ray.train.v2._internal.execution.controller.controller import TrainController
+    from ray.train.v2._internal.execution.worker_group import state, worker_group
+    from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
+
+    def shutdown_sync_actor(sync_actor) -> None:
+        if isinstance(sync_actor, ray.actor.ActorHandle):  # Ray's own actor (never here): kill it
+            ray.kill(sync_actor)
+
+    @contextlib.contextmanager
+    def solo_barrier():
+        with _swapped(worker_group, "SynchronizationActor", SoloBarrier), \
+                _swapped(state, "_shutdown_sync_actor", shutdown_sync_actor):
+            yield
+
+    class WorkerGroupWithSoloBarrier(WorkerGroup):
+        def _start(self):
+            if self._worker_group_context.num_workers != 1:  # never with this controller; a safety net
+                return super()._start()
+            with solo_barrier():
+                return super()._start()
+
+        def shutdown(self):
+            with solo_barrier():
+                return super().shutdown()
+
+        def abort(self):
+            with solo_barrier():
+                return super().abort()
+
+    class TrainControllerWithSoloBarrier(TrainController):
+        worker_group_cls = WorkerGroupWithSoloBarrier
+
+    return TrainControllerWithSoloBarrier
 
 
 def torch_config(backend: str, num_workers: int):

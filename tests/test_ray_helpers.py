@@ -1,10 +1,10 @@
 """The processes a one-worker Ray Train run starts beside its worker, on a local cluster that
-run_ray starts itself (pipelines/ray_lean.py, issue #20): Ray Train's controller, its
-synchronisation actor and the worker, and none of the helpers that would have nothing to do there
-(the dataset manager, the placement-group cleaner, the autoscaling coordinator, the preemption
-watcher), and no idle Python worker started ahead of demand (Ray Train's actors never use one:
-pipelines/ray_connect.connect(idle_workers=False)). Each of those wakes 100-150 times a second on
-the cores the worker trains on. When run_ray returns, no Ray process of the cluster is left.
+run_ray starts itself (pipelines/ray_lean.py, issue #20): Ray Train's controller and the worker,
+and none of the helpers that would have nothing to do there (the synchronisation actor, whose
+barrier of one opens at once, the dataset manager, the placement-group cleaner, the autoscaling
+coordinator, the preemption watcher), and no idle Python worker started ahead of demand (Ray
+Train's actors never use one: pipelines/ray_connect.connect(idle_workers=False)). Each of those
+wakes 100-150 times a second on the cores the worker trains on. When run_ray returns, no Ray process of the cluster is left.
 """
 # test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
@@ -35,6 +35,6 @@ def test_a_local_one_worker_run_starts_only_the_helpers_it_uses(tmp_path):
     config = tiny_config(make_idx_data(tmp_path / "data"), batch_size=32, epochs=2)
     run_ray(config, tmp_path / "run", num_workers=1, final_nll_samples=2,
             epoch_hook=lambda metrics: seen.update(ray_process_titles()))
-    assert seen - NODE_PROCESSES == {"ray::TrainController", "ray::SynchronizationActor", "ray::RayTrainWorker"}
+    assert seen - NODE_PROCESSES == {"ray::TrainControllerWithSoloBarrier", "ray::RayTrainWorker"}
     # and it leaves no Ray process behind (pipelines.ray_connect.disconnect ends one that hangs at exit)
     assert [cmdline for _, _, cmdline in descendant_processes() if cmdline.startswith("ray::")] == []

@@ -1,10 +1,12 @@
 """What a Ray Train run leaves out beside its workers (pipelines/ray_lean.py); no cluster needed."""
+import pytest
 from ray.train import ScalingConfig
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, ResizeDecision
 
-from pipelines.ray_lean import LOCAL_CLUSTER_DEFAULTS, set_local_cluster_defaults, torch_config, trainer_class
+from pipelines.ray_lean import (LOCAL_CLUSTER_DEFAULTS, SoloBarrier, set_local_cluster_defaults, torch_config,
+                                trainer_class)
 
 
 class RecordingWorkerGroup:
@@ -97,3 +99,64 @@ def test_on_a_local_cluster_the_fixed_policy_asks_no_autoscaler(monkeypatch):
 
 def test_on_a_joined_cluster_the_policy_is_rays(monkeypatch):
     assert type(controller_policy(local_cluster=False, monkeypatch=monkeypatch)) is FixedScalingPolicy
+
+
+# -- the synchronisation actor a one-worker run leaves out (SoloBarrier) ---------------------------
+
+def controller_class(local_cluster: bool, num_workers: int, monkeypatch) -> type:
+    """The controller class the trainer hands to Ray (the controller itself not started)."""
+    from ray.train.v2.api import data_parallel_trainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    handed = {}
+    monkeypatch.setattr(DataParallelTrainer, "_initialize_and_run_controller",
+                        lambda self, **kwargs: handed.update(cls=data_parallel_trainer.TrainController))
+    config = ScalingConfig(num_workers=num_workers)
+    trainer = trainer_class(local_cluster)(lambda: None, scaling_config=config)
+    trainer._initialize_and_run_controller(scaling_policy=FixedScalingPolicy(config), callbacks=[])
+    return handed["cls"]
+
+
+def test_a_local_one_worker_controller_gives_its_group_a_solo_barrier(monkeypatch):
+    from ray.train.v2._internal.execution.controller.controller import TrainController
+    from ray.train.v2._internal.execution.worker_group import state, worker_group
+    from ray.train.v2.api import data_parallel_trainer
+
+    cls = controller_class(local_cluster=True, num_workers=1, monkeypatch=monkeypatch)
+    assert issubclass(cls, TrainController) and cls is not TrainController
+    assert data_parallel_trainer.TrainController is TrainController  # Ray's global is restored
+    group = cls.worker_group_cls
+    original_actor, original_shutdown = worker_group.SynchronizationActor, state._shutdown_sync_actor
+    seen = {}
+
+    def record(self):
+        seen["actor"] = worker_group.SynchronizationActor
+        seen["barrier"] = worker_group.SynchronizationActor.options(label_selector={}).remote(timeout_s=1.0)
+        state._shutdown_sync_actor(seen["barrier"])  # a stand-in is not a Ray actor: nothing to kill
+
+    monkeypatch.setattr(worker_group.WorkerGroup, "_start", record)
+    instance = group.__new__(group)
+    instance._worker_group_context = type("Context", (), {"num_workers": 1})()
+    instance._start()
+    assert seen["actor"] is SoloBarrier and isinstance(seen["barrier"], SoloBarrier)
+    assert (worker_group.SynchronizationActor, state._shutdown_sync_actor) == (original_actor, original_shutdown)
+
+
+def test_several_workers_or_a_joined_cluster_keep_rays_controller(monkeypatch):
+    from ray.train.v2._internal.execution.controller.controller import TrainController
+
+    assert controller_class(local_cluster=True, num_workers=2, monkeypatch=monkeypatch) is TrainController
+    assert controller_class(local_cluster=False, num_workers=1, monkeypatch=monkeypatch) is TrainController
+
+
+def test_a_barrier_of_one_answers_as_rays_actor_would():
+    # the answers SynchronizationActor gives a world of one (sync_actor.py in Ray 2.60)
+    assert SoloBarrier.broadcast_from_rank_zero._answer(
+        world_rank=0, world_size=1, data={"dir": "checkpoint_1"}, caller_method_name="ray.train.report",
+        collective_seq=3, relaxable=True) == {"dir": "checkpoint_1"}
+    assert SoloBarrier.set_required_ranks._answer(None) is True
+    assert SoloBarrier.set_required_ranks._answer([0]) is True
+    assert SoloBarrier.set_required_ranks._answer([1]) is False  # rank 0 is the only writer
+    assert SoloBarrier.reset._answer() is None
+    with pytest.raises(ValueError, match="rank 0 of 1"):  # never a larger group: it would hang in Ray's
+        SoloBarrier.broadcast_from_rank_zero._answer(world_rank=1, world_size=2, data=None, caller_method_name="x")
