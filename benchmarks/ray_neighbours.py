@@ -10,8 +10,9 @@ and reporting the time per product:
 * P again while a group of the session's other processes is stopped (SIGSTOP, then SIGCONT as
   soon as P's turn ends): `left_out` (the dataset manager, placement-group cleaner and autoscaling
   coordinator, which `vaezoo train` leaves out on a local cluster: pipelines/ray_lean.py),
-  `ray_train` (every Ray Train actor: those three, the controller, the synchronisation actor and
-  the worker, idle in its turn), `node` (the GCS, raylet, agents and idle workers) or `all`.
+  `ray_train` (every Ray Train actor: those three, the controller, the synchronisation actor (not
+  started by `vaezoo train` for one worker on a local cluster since 2026-12-02) and the worker,
+  idle in its turn), `node` (the GCS, raylet, agents and idle workers) or `all`.
 
 A coordinator in the driver hands out the turns through named pipes, in rotating order, so a
 spell of this VM's drifting speed falls on every condition alike. Each pair of turns in a round is

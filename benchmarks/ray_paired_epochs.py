@@ -14,7 +14,7 @@ target unresolved. Here both sides are alive at once and take turns, one steady 
 * `in_process`: core.training.train, the loop an in-process `vaezoo train` runs, in a plain
   process that never imports Ray, on the same data and config, while every other process of the
   session is stopped (SIGSTOP, SIGCONT when its epoch ends: the driver, the cluster's daemons and
-  idle workers, Ray Train's controller, synchronisation actor and worker). That is the machine an
+  idle workers, Ray Train's controller and worker). That is the machine an
   in-process run has, with no Ray on it; only the stopped processes' memory stays;
 * `in_process_beside_ray`: the same plain process with nothing stopped, so the ratio splits into the
   worker against a plain process beside the same neighbours, and what the neighbours cost;

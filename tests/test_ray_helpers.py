@@ -4,7 +4,8 @@ and none of the helpers that would have nothing to do there (the synchronisation
 barrier of one opens at once, the dataset manager, the placement-group cleaner, the autoscaling
 coordinator, the preemption watcher), and no idle Python worker started ahead of demand (Ray
 Train's actors never use one: pipelines/ray_connect.connect(idle_workers=False)). Each of those
-wakes 100-150 times a second on the cores the worker trains on. When run_ray returns, no Ray process of the cluster is left.
+wakes 100-150 times a second on the cores the worker trains on. When run_ray returns, no Ray
+process of the cluster is left.
 """
 # test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
