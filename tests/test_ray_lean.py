@@ -74,17 +74,23 @@ def test_a_joined_cluster_keeps_the_cleaner_and_datasets_keep_their_manager():
     assert "DatasetsCallback" in with_data and "PlacementGroupCleanerCallback" not in with_data
 
 
-def controller_policy(local_cluster: bool, monkeypatch) -> object:
-    """The scaling policy the trainer hands its controller (the controller itself not started)."""
+def handed_to_ray(local_cluster: bool, num_workers: int, monkeypatch) -> dict:
+    """What the trainer hands Ray's controller start (the controller itself not started): its
+    keyword arguments, and as "controller_class" the class Ray would start as the actor."""
+    from ray.train.v2.api import data_parallel_trainer
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     handed = {}
-    monkeypatch.setattr(DataParallelTrainer, "_initialize_and_run_controller",
-                        lambda self, **kwargs: handed.update(kwargs))
-    config = ScalingConfig(num_workers=2)
+    monkeypatch.setattr(DataParallelTrainer, "_initialize_and_run_controller", lambda self, **kwargs: handed.update(
+        kwargs, controller_class=data_parallel_trainer.TrainController))
+    config = ScalingConfig(num_workers=num_workers)
     trainer = trainer_class(local_cluster)(lambda: None, scaling_config=config)
     trainer._initialize_and_run_controller(scaling_policy=FixedScalingPolicy(config), callbacks=[])
-    return handed["scaling_policy"]
+    return handed
+
+
+def controller_policy(local_cluster: bool, monkeypatch) -> object:
+    return handed_to_ray(local_cluster, 2, monkeypatch)["scaling_policy"]
 
 
 def test_on_a_local_cluster_the_fixed_policy_asks_no_autoscaler(monkeypatch):
@@ -104,17 +110,7 @@ def test_on_a_joined_cluster_the_policy_is_rays(monkeypatch):
 # -- the synchronisation actor a one-worker run leaves out (SoloBarrier) ---------------------------
 
 def controller_class(local_cluster: bool, num_workers: int, monkeypatch) -> type:
-    """The controller class the trainer hands to Ray (the controller itself not started)."""
-    from ray.train.v2.api import data_parallel_trainer
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-
-    handed = {}
-    monkeypatch.setattr(DataParallelTrainer, "_initialize_and_run_controller",
-                        lambda self, **kwargs: handed.update(cls=data_parallel_trainer.TrainController))
-    config = ScalingConfig(num_workers=num_workers)
-    trainer = trainer_class(local_cluster)(lambda: None, scaling_config=config)
-    trainer._initialize_and_run_controller(scaling_policy=FixedScalingPolicy(config), callbacks=[])
-    return handed["cls"]
+    return handed_to_ray(local_cluster, num_workers, monkeypatch)["controller_class"]
 
 
 def test_a_local_one_worker_controller_gives_its_group_a_solo_barrier(monkeypatch):
