@@ -65,6 +65,43 @@ def _loopback_node_ip() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+# Housekeeping timers of a local cluster this process starts, against Ray 2.60's defaults in the
+# comments. Each wakes a Ray daemon on the cores a training worker computes on, and what it serves
+# is absent or idle on one node that serves one command (benchmarks/ray_paired_epochs.py).
+LOCAL_HOUSEKEEPING = {
+    "task_events_report_interval_ms": 0,  # 1000: task events feed the dashboard's State API (none here)
+    "metrics_report_interval_ms": 60_000,  # 10000: metrics feed a dashboard or Prometheus
+    "local_fs_monitor_interval_ms": 1000,  # 100: the object store's disk-full check
+    "raylet_check_gc_period_milliseconds": 1000,  # 100: the memory-pressure check for a global GC
+    "kill_idle_workers_interval_ms": 1000,  # 200: an idle worker is ended up to 0.8 s later
+}
+# The head-node services Ray starts beside the GCS and raylet that a local cluster does without: the
+# autoscaler's monitor (a local cluster has a fixed size), the API server (with include_dashboard
+# False it serves only usage statistics), and the log monitor unless worker logs go to the driver.
+HEAD_SERVICES = ("start_monitor", "start_api_server")
+LOG_MONITOR = "start_log_monitor"
+
+
+@contextlib.contextmanager
+def _without_head_services(names: tuple[str, ...]) -> Iterator[None]:
+    """Make a local `ray.init` start the node without the services `names` (Node's start methods).
+
+    Private API, like _loopback_node_ip: the methods are replaced on Ray's Node class for the
+    duration of the call, which is where the node is started. Skipping start_api_server is Ray's
+    own path when the API server fails to start (the node has no web UI address);
+    tests/test_ray_helpers.py lists the processes of a started cluster."""
+    from ray._private.node import Node
+
+    saved = {name: vars(Node)[name] for name in names}
+    for name in names:
+        setattr(Node, name, lambda self, *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(Node, name, method)
+
+
 def connect(address: str | None, num_cpus: float, log_to_driver: bool = False, idle_workers: bool = True,
             object_store_bytes: int | None = None) -> str:
     """Join `address` (or $RAY_ADDRESS), or start a local cluster with `num_cpus` logical CPUs.
@@ -82,7 +119,11 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False, i
     of the first driver's tasks (one per CPU). Ray Train never uses them (its actors carry a
     runtime environment, so each gets a fresh process), and each wakes about 150 times a second
     beside the training worker (benchmarks/ray_paired_epochs.py measures what that costs).
-    `object_store_bytes` sizes a local cluster's object store (None: Ray's default, 30% of memory)."""
+    `object_store_bytes` sizes a local cluster's object store (None: Ray's default, 30% of memory).
+
+    A local cluster also runs without the head services it has no use for (HEAD_SERVICES, and the
+    log monitor when `log_to_driver` is False: nothing would read what it forwards) and with
+    LOCAL_HOUSEKEEPING's slower timers."""
     import ray
 
     global _started_here
@@ -102,8 +143,10 @@ def connect(address: str | None, num_cpus: float, log_to_driver: bool = False, i
     # responsive; on a machine shared with other work that starves a training worker (the same
     # loop in-process runs at niceness 0). A local cluster is this command's own: its workers run
     # at the driver's priority, as a Ray job's driver does (Ray's job manager sets 0 for it).
-    with _loopback_node_ip() if mode == LOOPBACK else contextlib.nullcontext():
-        system = {"worker_niceness": 0} | ({} if idle_workers else {"prestart_worker_first_driver": False})
+    skipped = HEAD_SERVICES + (() if log_to_driver else (LOG_MONITOR,))
+    with _loopback_node_ip() if mode == LOOPBACK else contextlib.nullcontext(), _without_head_services(skipped):
+        system = ({"worker_niceness": 0} | LOCAL_HOUSEKEEPING
+                  | ({} if idle_workers else {"prestart_worker_first_driver": False}))
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _system_config=system,
                  object_store_memory=object_store_bytes, **quiet)
     _started_here = True

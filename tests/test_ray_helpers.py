@@ -5,14 +5,16 @@ barrier of one opens at once, the dataset manager, the placement-group cleaner, 
 coordinator, the preemption watcher), and no idle Python worker started ahead of demand (Ray
 Train's actors never use one: pipelines/ray_connect.connect(idle_workers=False)). Each of those
 wakes 100-150 times a second on the cores the worker trains on. When run_ray returns, no Ray
-process of the cluster is left.
+process of the cluster is left. A local cluster also runs without the head services it has no
+use for (the autoscaler's monitor, the API server, the log monitor unless logs go to the driver),
+and with slower housekeeping timers (pipelines/ray_connect.LOCAL_HOUSEKEEPING).
 """
 # test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
 
 import pytest
 
-from pipelines.ray_connect import descendant_processes
+from pipelines.ray_connect import LOCAL_HOUSEKEEPING, connect, descendant_processes, disconnect
 from pipelines.ray_train import run_ray
 from test_ray_train import make_idx_data, tiny_config
 
@@ -20,6 +22,15 @@ pytestmark = pytest.mark.slow
 
 # Ray's own per-node agents, there with or without Ray Train (an idle worker, "ray::IDLE", is not)
 NODE_PROCESSES = {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}
+
+
+# The scripts of the head services Ray 2.60 starts beside the GCS and raylet
+HEAD_SERVICE_SCRIPTS = ("autoscaler/_private/monitor.py", "dashboard/dashboard.py", "_private/log_monitor.py")
+
+
+def head_services_running() -> set[str]:
+    return {script for _, _, cmdline in descendant_processes() for script in HEAD_SERVICE_SCRIPTS
+            if script in cmdline.split(" --")[0]}
 
 
 def ray_process_titles() -> set[str]:
@@ -35,7 +46,24 @@ def test_a_local_one_worker_run_starts_only_the_helpers_it_uses(tmp_path):
     seen: set[str] = set()
     config = tiny_config(make_idx_data(tmp_path / "data"), batch_size=32, epochs=2)
     run_ray(config, tmp_path / "run", num_workers=1, final_nll_samples=2,
-            epoch_hook=lambda metrics: seen.update(ray_process_titles()))
+            epoch_hook=lambda metrics: seen.update(ray_process_titles() | head_services_running()))
     assert seen - NODE_PROCESSES == {"ray::TrainControllerWithSoloBarrier", "ray::RayTrainWorker"}
     # and it leaves no Ray process behind (pipelines.ray_connect.disconnect ends one that hangs at exit)
     assert [cmdline for _, _, cmdline in descendant_processes() if cmdline.startswith("ray::")] == []
+
+
+def test_a_local_cluster_keeps_the_log_monitor_only_when_logs_go_to_the_driver():
+    """The control for the run above: the listing sees a head service where one runs."""
+    import ray
+    from ray._private.state import state
+
+    for log_to_driver, expected in ((False, set()), (True, {"_private/log_monitor.py"})):
+        assert connect(None, 1, log_to_driver=log_to_driver) == "started"
+        try:
+            running = head_services_running()
+            system_config = state.get_system_config()
+            assert ray.get(ray.remote(lambda: 42).remote()) == 42  # the node serves tasks without them
+        finally:
+            disconnect()
+        assert running == expected
+        assert LOCAL_HOUSEKEEPING.items() <= system_config.items()
