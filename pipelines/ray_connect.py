@@ -76,9 +76,10 @@ LOCAL_HOUSEKEEPING = {
     "kill_idle_workers_interval_ms": 1000,  # 200: an idle worker is ended up to 0.8 s later
 }
 # The head-node services Ray starts beside the GCS and raylet that a local cluster does without: the
-# autoscaler's monitor (a local cluster has a fixed size), the API server (with include_dashboard
-# False it serves only usage statistics), and the log monitor unless worker logs go to the driver.
-HEAD_SERVICES = ("start_monitor", "start_api_server")
+# autoscaler's monitor (a local cluster has a fixed size), and the log monitor unless worker logs go
+# to the driver. The API server stays although it serves only usage statistics here: without it a
+# State API call (Ray Train's placement-group cleaner makes them) waits 10 s instead of failing.
+HEAD_SERVICES = ("start_monitor",)
 LOG_MONITOR = "start_log_monitor"
 
 
@@ -87,9 +88,8 @@ def _without_head_services(names: tuple[str, ...]) -> Iterator[None]:
     """Make a local `ray.init` start the node without the services `names` (Node's start methods).
 
     Private API, like _loopback_node_ip: the methods are replaced on Ray's Node class for the
-    duration of the call, which is where the node is started. Skipping start_api_server is Ray's
-    own path when the API server fails to start (the node has no web UI address);
-    tests/test_ray_helpers.py lists the processes of a started cluster."""
+    duration of the call, which is where the node is started. tests/test_ray_helpers.py lists the
+    processes of a started cluster."""
     from ray._private.node import Node
 
     saved = {name: vars(Node)[name] for name in names}

@@ -6,7 +6,7 @@ coordinator, the preemption watcher), and no idle Python worker started ahead of
 Train's actors never use one: pipelines/ray_connect.connect(idle_workers=False)). Each of those
 wakes 100-150 times a second on the cores the worker trains on. When run_ray returns, no Ray
 process of the cluster is left. A local cluster also runs without the head services it has no
-use for (the autoscaler's monitor, the API server, the log monitor unless logs go to the driver),
+use for (the autoscaler's monitor, and the log monitor unless logs go to the driver),
 and with slower housekeeping timers (pipelines/ray_connect.LOCAL_HOUSEKEEPING).
 """
 # test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
@@ -24,8 +24,10 @@ pytestmark = pytest.mark.slow
 NODE_PROCESSES = {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}
 
 
-# The scripts of the head services Ray 2.60 starts beside the GCS and raylet
-HEAD_SERVICE_SCRIPTS = ("autoscaler/_private/monitor.py", "dashboard/dashboard.py", "_private/log_monitor.py")
+# The scripts of the head services Ray 2.60 starts beside the GCS and raylet. The API server stays
+# (without it a State API call waits 10 s where it would fail at once: pipelines/ray_connect.py).
+API_SERVER, LOG_MONITOR = "dashboard/dashboard.py", "_private/log_monitor.py"
+HEAD_SERVICE_SCRIPTS = ("autoscaler/_private/monitor.py", LOG_MONITOR, API_SERVER)
 
 
 def head_services_running() -> set[str]:
@@ -47,22 +49,35 @@ def test_a_local_one_worker_run_starts_only_the_helpers_it_uses(tmp_path):
     config = tiny_config(make_idx_data(tmp_path / "data"), batch_size=32, epochs=2)
     run_ray(config, tmp_path / "run", num_workers=1, final_nll_samples=2,
             epoch_hook=lambda metrics: seen.update(ray_process_titles() | head_services_running()))
-    assert seen - NODE_PROCESSES == {"ray::TrainControllerWithSoloBarrier", "ray::RayTrainWorker"}
+    assert seen - NODE_PROCESSES == {"ray::TrainControllerWithSoloBarrier", "ray::RayTrainWorker", API_SERVER}
     # and it leaves no Ray process behind (pipelines.ray_connect.disconnect ends one that hangs at exit)
     assert [cmdline for _, _, cmdline in descendant_processes() if cmdline.startswith("ray::")] == []
 
 
-def test_a_local_cluster_keeps_the_log_monitor_only_when_logs_go_to_the_driver():
-    """The control for the run above: the listing sees a head service where one runs."""
+def test_a_local_cluster_keeps_the_log_monitor_only_when_logs_go_to_the_driver(capfd):
+    """The control for the run above: the listing sees a head service where one runs, and the log
+    monitor kept for `--ray-logs` forwards a worker's output to the driver."""
+    import time
+
     import ray
     from ray._private.state import state
 
-    for log_to_driver, expected in ((False, set()), (True, {"_private/log_monitor.py"})):
+    def forwarded(marker: str) -> bool:
+        deadline, seen = time.monotonic() + 60, ""
+        while marker not in seen and time.monotonic() < deadline:
+            time.sleep(0.2)  # Ray forwards log lines asynchronously: wait for the line, not for a time
+            seen += capfd.readouterr().out
+        return marker in seen
+
+    for log_to_driver, expected in ((False, {API_SERVER}), (True, {API_SERVER, LOG_MONITOR})):
         assert connect(None, 1, log_to_driver=log_to_driver) == "started"
         try:
             running = head_services_running()
             system_config = state.get_system_config()
-            assert ray.get(ray.remote(lambda: 42).remote()) == 42  # the node serves tasks without them
+            # the node serves tasks without the services it lacks
+            assert ray.get(ray.remote(lambda: print("vaezoo-marker-7f3a") or 42).remote()) == 42
+            if log_to_driver:
+                assert forwarded("vaezoo-marker-7f3a")
         finally:
             disconnect()
         assert running == expected
