@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Iterator
 
+from pipelines.replaced import replaced
+
 # How long the Ray worker processes of a local cluster get to exit after ray.shutdown() before
 # they are killed (they normally exit within a second or two, once their raylet is gone).
 WORKER_EXIT_GRACE_S = 10.0
@@ -57,12 +59,8 @@ def _loopback_node_ip() -> Iterator[None]:
     sockets a started cluster listens on, and fails if a Ray upgrade changes this."""
     from ray._private import ray_constants
 
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with replaced((ray_constants, "ENABLE_RAY_CLUSTER", False)):
         yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 # Housekeeping timers of a local cluster this process starts, against Ray 2.60's defaults in the
@@ -92,14 +90,8 @@ def _without_head_services(names: tuple[str, ...]) -> Iterator[None]:
     processes of a started cluster."""
     from ray._private.node import Node
 
-    saved = {name: vars(Node)[name] for name in names}
-    for name in names:
-        setattr(Node, name, lambda self, *args, **kwargs: None)
-    try:
+    with replaced(*((Node, name, lambda self, *args, **kwargs: None) for name in names)):
         yield
-    finally:
-        for name, method in saved.items():
-            setattr(Node, name, method)
 
 
 def connect(address: str | None, num_cpus: float, log_to_driver: bool = False, idle_workers: bool = True,

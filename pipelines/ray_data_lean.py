@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from pipelines.replaced import replaced
+
 
 @contextlib.contextmanager
 def lean_execution(local_cluster: bool) -> Iterator[None]:
@@ -50,17 +52,8 @@ def lean_execution(local_cluster: bool) -> Iterator[None]:
     def no_metrics(*args, **kwargs) -> None:
         return None
 
-    replaced = {
-        (streaming_executor, "create_cluster_autoscaler"): lambda *args, **kwargs: FixedLocalCluster(),
-        (_StatsManager, "register_dataset_to_stats_actor"): staticmethod(no_metrics),
-        (_StatsManager, "update_execution_metrics"): staticmethod(no_metrics),
-        (_StatsManager, "update_iteration_metrics"): staticmethod(no_metrics),
-    }
-    saved = {(owner, name): owner.__dict__[name] for owner, name in replaced}
-    try:
-        for (owner, name), value in replaced.items():
-            setattr(owner, name, value)
+    with replaced((streaming_executor, "create_cluster_autoscaler", lambda *args, **kwargs: FixedLocalCluster()),
+                  (_StatsManager, "register_dataset_to_stats_actor", staticmethod(no_metrics)),
+                  (_StatsManager, "update_execution_metrics", staticmethod(no_metrics)),
+                  (_StatsManager, "update_iteration_metrics", staticmethod(no_metrics))):
         yield
-    finally:
-        for (owner, name), value in saved.items():
-            setattr(owner, name, value)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from pipelines.replaced import replaced
+
 LOCAL_CLUSTER_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 
 
@@ -56,7 +58,7 @@ def trainer_class(local_cluster: bool):
             if local_cluster and type(controller_init_kwargs.get("scaling_policy")) is FixedScalingPolicy:
                 controller_init_kwargs["scaling_policy"] = _policy_without_autoscaler(self.scaling_config)
                 if self.scaling_config.num_workers == 1:  # Ray reads this global to start the controller actor
-                    with _swapped(data_parallel_trainer, "TrainController", _controller_with_solo_barrier()):
+                    with replaced((data_parallel_trainer, "TrainController", _controller_with_solo_barrier())):
                         return super()._initialize_and_run_controller(**controller_init_kwargs)
             return super()._initialize_and_run_controller(**controller_init_kwargs)
 
@@ -78,17 +80,6 @@ def _policy_without_autoscaler(scaling_config):
             pass
 
     return FixedScalingPolicyWithoutAutoscaler(scaling_config)
-
-
-@contextlib.contextmanager
-def _swapped(module, name: str, value):
-    """`module.name` is `value` for the duration (a Ray 2.60 global read where it is called)."""
-    saved = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, saved)
 
 
 class SoloBarrier:
@@ -143,8 +134,8 @@ def _controller_with_solo_barrier():
 
     @contextlib.contextmanager
     def solo_barrier():
-        with _swapped(worker_group, "SynchronizationActor", SoloBarrier), \
-                _swapped(state, "_shutdown_sync_actor", shutdown_sync_actor):
+        with replaced((worker_group, "SynchronizationActor", SoloBarrier),
+                      (state, "_shutdown_sync_actor", shutdown_sync_actor)):
             yield
 
     class WorkerGroupWithSoloBarrier(WorkerGroup):
