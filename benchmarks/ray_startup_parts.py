@@ -10,7 +10,8 @@ Rows: import of ray.train.torch in the driver; a local cluster start (pipelines.
 warm caches); fit() of a loop that loads Fashion-MNIST (10k images) as the worker does; then
 `--rounds` paired rounds of the no-op fit with Ray's TorchTrainer against the one `vaezoo train`
 runs on a local cluster it starts (pipelines.ray_lean.trainer_class: no dataset manager,
-placement-group cleaner or autoscaling coordinator), alternating which goes first, judged as
+placement-group cleaner or autoscaling coordinator, and the controller in the driver, not an actor
+process of its own), alternating which goes first, judged as
 "vaezoo's fit takes at most as long" (benchmarks/_paired.py); ray.shutdown.
 The coordinator is a detached actor that outlives a run, so only the cluster's first fit (Ray's,
 above) pays its start: the rounds understate what a `vaezoo train` command saves, which starts a

@@ -17,6 +17,9 @@ and the worker's own gloo loop about 80 times. So:
   ends with this process anyway) and the autoscaling coordinator (a local cluster has no
   autoscaler to ask for nodes). Stopping these three during a run made a neighbouring process's
   matrix products 2.9% faster, interval [0.8, 4.9]% (benchmarks/ray_neighbours.py, issue #20);
+* on such a cluster Ray Train's controller runs in the driver (`run_controller_here`), not as an
+  actor: the actor's process woke 170 times a second (its signal check every 10 ms and its gRPC
+  threads) for a loop that polls the workers every 0.5 s;
 * a one-worker run on such a cluster has no synchronisation actor either: its controller gives the
   worker group a `SoloBarrier`, since a barrier of one opens at once. Stopping Ray's actor during
   a run made a plain process's training epoch beside it 3.8% faster, [0.3, 7.4]% (7.7% in another
@@ -43,7 +46,6 @@ def trainer_class(local_cluster: bool):
     one this process started. The overrides are Ray 2.60's private hooks (Ray is pinned);
     tests/test_ray_helpers.py checks which helper processes a run really starts."""
     from ray.train.torch import TorchTrainer
-    from ray.train.v2.api import data_parallel_trainer
     from ray.train.v2._internal.callbacks import DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
@@ -57,9 +59,8 @@ def trainer_class(local_cluster: bool):
         def _initialize_and_run_controller(self, **controller_init_kwargs):
             if local_cluster and type(controller_init_kwargs.get("scaling_policy")) is FixedScalingPolicy:
                 controller_init_kwargs["scaling_policy"] = _policy_without_autoscaler(self.scaling_config)
-                if self.scaling_config.num_workers == 1:  # Ray reads this global to start the controller actor
-                    with replaced((data_parallel_trainer, "TrainController", _controller_with_solo_barrier())):
-                        return super()._initialize_and_run_controller(**controller_init_kwargs)
+                controller_cls = _controller_in_this_process(solo_barrier=self.scaling_config.num_workers == 1)
+                return run_controller_here(controller_cls, controller_init_kwargs)
             return super()._initialize_and_run_controller(**controller_init_kwargs)
 
     return LeanTorchTrainer
@@ -120,43 +121,103 @@ class SoloBarrier:
         return cls()
 
 
-def _controller_with_solo_barrier():
-    """Ray Train's controller whose one-worker groups synchronise through a SoloBarrier. It runs
-    in the controller's own process: the worker group reads these two module globals there."""
+class ControllerInTheDriver:
+    """What a worker holds as its controller's handle when the controller runs in the driver
+    (`run_controller_here`). Ray's worker calls its controller for one thing only,
+    `ray.train.get_all_reported_checkpoints()`, which vaezoo's loop does not use."""
+
+    class _Unavailable:
+        def remote(self, *args, **kwargs):
+            raise RuntimeError("ray.train.get_all_reported_checkpoints() is not available in a run whose "
+                               "controller runs in the driver (a local cluster started by vaezoo)")
+
+    get_all_reported_checkpoints = _Unavailable()
+
+
+def run_controller_here(controller_cls, controller_init_kwargs: dict):
+    """Ray Train's controller loop, run in this (the driver's) process rather than as an actor of
+    its own: with an actor, every Ray process checks for signals 100 times a second (a 10 ms timer
+    in Ray's C++ task loop) and runs gRPC threads, waking up on the worker's cores; the
+    controller's own work is a poll of the workers every 2 s. The loop does what Ray's actor
+    does: `run()` until a terminal state, then `get_result()`. The workers are the driver's
+    actors: its exit ends them, as it ended the controller actor and so its workers."""
+    import asyncio
+
+    import ray
+
+    from pipelines.ray_stop import fit_in_thread
+
+    controller = controller_cls(**controller_init_kwargs)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no event loop runs in this thread (vaezoo runs `fit()` in a thread of its own)
+        run = lambda fn: fn()  # noqa: E731
+    else:  # one does (a notebook): the controller's loop gets a thread of its own
+        run = fit_in_thread
+    try:
+        run(lambda: asyncio.run(controller.run()))
+    except BaseException:
+        if ray.is_initialized():  # e.g. Ctrl-C: end the workers, as Ray's SIGINT handler aborts its actor
+            with contextlib.suppress(Exception), replaced((ray.actor, "exit_actor", lambda: None)):
+                run(lambda: asyncio.run(controller.abort()))  # Ray's abort ends with the actor's exit
+        raise
+    return controller.get_result()
+
+
+def _controller_in_this_process(solo_barrier: bool):
+    """Ray Train's controller for `run_controller_here`: its workers get a `ControllerInTheDriver`
+    as their controller's handle and, when `solo_barrier`, one-worker groups synchronise through
+    a SoloBarrier (the worker group reads the two module globals below in this process)."""
     import ray
     from ray.train.v2._internal.execution.controller.controller import TrainController
     from ray.train.v2._internal.execution.worker_group import state, worker_group
     from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
 
     def shutdown_sync_actor(sync_actor) -> None:
-        if isinstance(sync_actor, ray.actor.ActorHandle):  # Ray's own actor (never here): kill it
+        if isinstance(sync_actor, ray.actor.ActorHandle):  # Ray's own actor: kill it
             ray.kill(sync_actor)
 
     @contextlib.contextmanager
-    def solo_barrier():
+    def with_barrier(num_workers: int):
+        if not solo_barrier or num_workers != 1:
+            yield
+            return
         with replaced((worker_group, "SynchronizationActor", SoloBarrier),
                       (state, "_shutdown_sync_actor", shutdown_sync_actor)):
             yield
 
-    class WorkerGroupWithSoloBarrier(WorkerGroup):
+    class WorkerGroupInTheDriver(WorkerGroup):
         def _start(self):
-            if self._worker_group_context.num_workers != 1:  # never with this controller; a safety net
-                return super()._start()
-            with solo_barrier():
+            with with_barrier(self._worker_group_context.num_workers):
                 return super()._start()
 
         def shutdown(self):
-            with solo_barrier():
+            with with_barrier(self._worker_group_context.num_workers):
                 return super().shutdown()
 
         def abort(self):
-            with solo_barrier():
+            with with_barrier(self._worker_group_context.num_workers):
                 return super().abort()
 
-    class TrainControllerWithSoloBarrier(TrainController):
-        worker_group_cls = WorkerGroupWithSoloBarrier
+        def _init_train_context_on_workers(self, workers, sync_actor, train_context_args) -> None:
+            # Ray's method (2.60) but for the controller's handle: Ray's reads the current actor's
+            # (`ray.get_runtime_context().current_actor`), which a driver has not.
+            # tests/test_ray_lean.py checks Ray's source is still the one this copies.
+            ray.get([worker.actor.init_train_context.remote(
+                train_run_context=self._train_run_context,
+                distributed_context=worker.distributed_context,
+                synchronization_actor=sync_actor,
+                storage_context=self._storage_context,
+                worker_callbacks=self._worker_callbacks_to_propagate,
+                controller_actor=ControllerInTheDriver(),
+                **{arg: arg_values[i] for arg, arg_values in train_context_args.items()})
+                for i, worker in enumerate(workers)])
+            self._decorate_worker_log_file_paths(workers)
 
-    return TrainControllerWithSoloBarrier
+    class TrainControllerInTheDriver(TrainController):
+        worker_group_cls = WorkerGroupInTheDriver
+
+    return TrainControllerInTheDriver
 
 
 def torch_config(backend: str, num_workers: int):

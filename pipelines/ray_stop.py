@@ -15,8 +15,9 @@ On the stop the driver freezes the run folder (`freeze_run_folder`): Ray Train's
 writes metrics.jsonl and checkpoints/last.pt as each epoch is registered, holds the same file lock
 while it writes both and writes nothing once the folder is frozen. So what the driver reports (and
 logs to MLflow) is exactly the epoch in checkpoints/last.pt; the step in progress is abandoned.
-The worker group goes with the driver: Ray ends the controller (an actor the driver owns) and its
-workers when the driver disconnects or exits.
+The worker group goes with the driver: Ray ends the workers (actors the driver's controller owns;
+on a joined cluster the controller is itself an actor the driver owns) when the driver disconnects
+or exits.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ FROZEN_MARKER = ".stopped"  # present: the driver was stopped, the controller mu
 @contextlib.contextmanager
 def run_folder_lock(output: Path) -> Iterator[None]:
     """Held while the controller writes an epoch into the run folder and while the driver freezes
-    it (an flock: the controller runs on the driver's node)."""
+    it (an flock: the controller runs on the driver's node, or in the driver itself, where each
+    `open` is a lock of its own)."""
     with open(output / LOCK_FILE, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -16,8 +16,9 @@ Who does what:
 * each worker runs `core.training.train` (which is data-parallel when a process group exists)
   and reports every epoch; rank 0 attaches the checkpoint (state.pt plus the metric history that
   led to it) and Ray copies it to the storage path;
-* a callback on Ray Train's controller, which Ray pins to the driver's node, writes
-  metrics.jsonl, checkpoints/last.pt and ray_run.json as each epoch's checkpoint is registered;
+* a callback on Ray Train's controller (an actor on the driver's node; on a local cluster, the
+  driver itself) writes metrics.jsonl, checkpoints/last.pt and ray_run.json as each epoch's
+  checkpoint is registered;
 * the driver prints each new metrics line (so the console and `ray job logs` show one line per
   epoch, while the logs of Ray's own processes stay in Ray's log files unless --ray-logs); after
   `fit()` it loads the last checkpoint, rewrites metrics.jsonl from that checkpoint's history
@@ -174,7 +175,7 @@ def _run_folder_callback(output: Path, test_hold: dict[str, Any] | None = None):
 
     class RunFolderCallback(UserCallback):
         """Keeps the run folder up to date as Ray registers each epoch (runs on Ray Train's
-        controller, which Ray places on the driver's node, so `output` is the driver's folder).
+        controller, on the driver's node or in the driver, so `output` is the driver's folder).
         Writes each epoch under the run folder's lock, and nothing once a stopped driver froze
         the folder (pipelines/ray_stop.py)."""
 

@@ -1,13 +1,14 @@
 """The processes a one-worker Ray Train run starts beside its worker, on a local cluster that
-run_ray starts itself (pipelines/ray_lean.py, issue #20): Ray Train's controller and the worker,
-and none of the helpers that would have nothing to do there (the synchronisation actor, whose
-barrier of one opens at once, the dataset manager, the placement-group cleaner, the autoscaling
-coordinator, the preemption watcher), and no idle Python worker started ahead of demand (Ray
-Train's actors never use one: pipelines/ray_connect.connect(idle_workers=False)). Each of those
-wakes 100-150 times a second on the cores the worker trains on. When run_ray returns, no Ray
-process of the cluster is left. A local cluster also runs without the head services it has no
-use for (the autoscaler's monitor, and the log monitor unless logs go to the driver),
-and with slower housekeeping timers (pipelines/ray_connect.LOCAL_HOUSEKEEPING).
+run_ray starts itself (pipelines/ray_lean.py, issue #20): the worker alone, with no controller
+actor (Ray Train's controller runs in the driver: pipelines.ray_lean.run_controller_here) and none
+of the helpers that would have nothing to do there (the synchronisation actor, whose barrier of
+one opens at once, the dataset manager, the placement-group cleaner, the autoscaling coordinator,
+the preemption watcher), and no idle Python worker started ahead of demand (Ray Train's actors
+never use one: pipelines/ray_connect.connect(idle_workers=False)). Each of those wakes 100-150
+times a second on the cores the worker trains on. When run_ray returns, no Ray process of the
+cluster is left. A local cluster also runs without the head services it has no use for (the
+autoscaler's monitor, and the log monitor unless logs go to the driver), and with slower
+housekeeping timers (pipelines/ray_connect.LOCAL_HOUSEKEEPING).
 """
 # test.sh: own process (it starts Ray: Ray Train V2 cannot start twice in one process)
 from __future__ import annotations
@@ -49,7 +50,7 @@ def test_a_local_one_worker_run_starts_only_the_helpers_it_uses(tmp_path):
     config = tiny_config(make_idx_data(tmp_path / "data"), batch_size=32, epochs=2)
     run_ray(config, tmp_path / "run", num_workers=1, final_nll_samples=2,
             epoch_hook=lambda metrics: seen.update(ray_process_titles() | head_services_running()))
-    assert seen - NODE_PROCESSES == {"ray::TrainControllerWithSoloBarrier", "ray::RayTrainWorker", API_SERVER}
+    assert seen - NODE_PROCESSES == {"ray::RayTrainWorker", API_SERVER}
     # and it leaves no Ray process behind (pipelines.ray_connect.disconnect ends one that hangs at exit)
     assert [cmdline for _, _, cmdline in descendant_processes() if cmdline.startswith("ray::")] == []
 
