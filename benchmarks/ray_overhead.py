@@ -7,7 +7,8 @@ one epoch, and training throughput of 1 against 2 Ray Train workers.
   command); `train_seconds` is the part spent in the training loop (Ray: inside `fit()`).
 * throughput: images per second of the training loop (the `train/images_per_sec` the loop logs,
   global over workers) over the steady epochs (all but the first), for the in-process loop and
-  for 1 and 2 Ray workers of `--cpus-per-worker` CPUs each.
+  for 1 and 2 Ray workers of `--cpus-per-worker` CPUs each (by default `vaezoo train`'s own
+  reservation: a local cluster's CPUs split evenly over the workers, 1 each on a joined cluster).
 
 Data: Fashion-MNIST from /usr/share/datasets/fashion-mnist when installed (the first
 `--train-size` images), otherwise synthetic 28x28 IDX files. Model: the default MLP VAE
@@ -56,14 +57,15 @@ def synthetic_data(folder: Path, n_train: int, n_test: int) -> Path:
     return folder
 
 
-def run_train(dataset: Path, output: Path, *, epochs: int, workers: int, cpus_per_worker: float, train_size: int,
+def run_train(dataset: Path, output: Path, *, epochs: int, workers: int, cpus_per_worker: float | None, train_size: int,
               address: str | None) -> dict:
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--dataset", str(dataset), "--epochs", str(epochs),
            "--batch-size", "128", "--set", f"data.train_limit={train_size}", "--set", "data.test_limit=1000",
            "--set", "train.eval_nll_samples=10", "--set", "train.eval_nll_examples=200",
            "--final-nll-samples", "10", "--no-progress", "--num-workers", str(workers), "--output", str(output)]
     if workers:
-        cmd += ["--cpus-per-worker", str(cpus_per_worker)]
+        if cpus_per_worker is not None:
+            cmd += ["--cpus-per-worker", str(cpus_per_worker)]
         if address:
             cmd += ["--address", address]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -85,7 +87,9 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=10000, help="training images (default 10000)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the throughput runs (default 3; the first is a warm-up)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each one-epoch overhead command (default 2)")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--cpus-per-worker", type=float, default=None,
+                        help="CPUs each Ray worker reserves (default: vaezoo train's own, which on a local "
+                             "cluster splits the machine evenly over the workers; 1 on a joined one)")
     parser.add_argument("--address", help="a Ray cluster to join instead of starting one per command "
                                           "(results.json key ray_overhead_address)")
     parser.add_argument("--overhead-only", action="store_true", help="only the one-epoch overhead commands")
@@ -144,7 +148,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "torch_threads_in_process": torch.get_num_threads(),
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "setup": {"data": source, "train_size": args.train_size, "batch_size": 128, "model": "mlp 784-400-20 bernoulli",
-                  "cpus_per_worker": args.cpus_per_worker, "cluster": args.address or "local, started by each command"},
+                  "cpus_per_worker": args.cpus_per_worker or "vaezoo train's default", "cluster": args.address or "local, started by each command"},
         "overhead_one_epoch": overhead,
         **({"throughput": throughput} if throughput else {}),
     }, args.save)
