@@ -138,7 +138,9 @@ def run_controller_here(controller_cls, controller_init_kwargs: dict):
     """Ray Train's controller loop, run in this (the driver's) process rather than as an actor of
     its own: with an actor, every Ray process checks for signals 100 times a second (a 10 ms timer
     in Ray's C++ task loop) and runs gRPC threads, waking up on the worker's cores; the
-    controller's own work is a poll of the workers every 2 s. The loop does what Ray's actor
+    controller's own work is a poll of the workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
+    (0.5 s in vaezoo). Starting that actor (a fresh Python process importing Ray Train) also took
+    about 4 s of every command (benchmarks/ray_startup_parts.py). The loop does what Ray's actor
     does: `run()` until a terminal state, then `get_result()`. The workers are the driver's
     actors: its exit ends them, as it ended the controller actor and so its workers."""
     import asyncio
