@@ -59,8 +59,7 @@ def trainer_class(local_cluster: bool):
         def _initialize_and_run_controller(self, **controller_init_kwargs):
             if local_cluster and type(controller_init_kwargs.get("scaling_policy")) is FixedScalingPolicy:
                 controller_init_kwargs["scaling_policy"] = _policy_without_autoscaler(self.scaling_config)
-                controller_cls = _controller_in_this_process(solo_barrier=self.scaling_config.num_workers == 1)
-                return run_controller_here(controller_cls, controller_init_kwargs)
+                return run_controller_here(_controller_in_this_process(), controller_init_kwargs)
             return super()._initialize_and_run_controller(**controller_init_kwargs)
 
     return LeanTorchTrainer
@@ -166,10 +165,10 @@ def run_controller_here(controller_cls, controller_init_kwargs: dict):
     return controller.get_result()
 
 
-def _controller_in_this_process(solo_barrier: bool):
+def _controller_in_this_process():
     """Ray Train's controller for `run_controller_here`: its workers get a `ControllerInTheDriver`
-    as their controller's handle and, when `solo_barrier`, one-worker groups synchronise through
-    a SoloBarrier (the worker group reads the two module globals below in this process)."""
+    as their controller's handle, and a group of one worker synchronises through a SoloBarrier
+    (the worker group reads the two module globals below in this process)."""
     import ray
     from ray.train.v2._internal.execution.controller.controller import TrainController
     from ray.train.v2._internal.execution.worker_group import state, worker_group
@@ -181,7 +180,7 @@ def _controller_in_this_process(solo_barrier: bool):
 
     @contextlib.contextmanager
     def with_barrier(num_workers: int):
-        if not solo_barrier or num_workers != 1:
+        if num_workers != 1:  # larger groups keep Ray's synchronisation actor
             yield
             return
         with replaced((worker_group, "SynchronizationActor", SoloBarrier),
