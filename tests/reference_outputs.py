@@ -11,18 +11,15 @@ loading and keeps those entry points can be checked against the recording.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from core.config import RunConfig
+from ray_cluster import local_ray_cluster  # noqa: F401 (scripts/record_reference.py imports it from here)
 
 REFERENCE_FILE = Path(__file__).resolve().parent / "reference" / "zoo_v1_outputs.json"
 
@@ -116,29 +113,6 @@ def train_on_ray(config: RunConfig, run_folder: Path) -> tuple[str, dict[str, An
     weights = load_file(str(run_folder / "model.safetensors"))
     lines = [json.loads(ln) for ln in (run_folder / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     return state_dict_sha256(weights), model_metrics(lines[-1])
-
-
-@contextlib.contextmanager
-def local_ray_cluster(num_cpus: int = 4) -> Iterator[None]:
-    """One private local Ray cluster for all Ray cases. 4 logical CPUs: on a 2-core machine 2
-    workers plus Ray's own actors can otherwise wait for resources. Its own short temp dir
-    (socket paths have a length limit) and no token auth keep it apart from other clusters."""
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="vzref", dir="/tmp")
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp, log_to_driver=False,
-             logging_config=ray.LoggingConfig(log_level="ERROR"))
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def load_reference(mode: str) -> list[dict[str, Any]]:

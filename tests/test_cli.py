@@ -331,6 +331,32 @@ def test_console_script_runs_and_exits_with_the_right_codes(dataset, tmp_path):
     assert bad.stdout == ""
 
 
+def test_python_m_pipelines_encode_is_vaezoo_encode(tmp_path):
+    """`python -m pipelines.encode` (pipelines/encode/__main__.py) takes the same arguments and
+    exits with the same codes and messages as `vaezoo encode`; a bad model fails before Ray starts
+    and leaves no output folder."""
+    def module(*args: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env.pop("VAEZOO_DEBUG", None)
+        return subprocess.run([sys.executable, "-m", "pipelines.encode", *args], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=120)
+
+    helps = module("--help"), _vaezoo("encode", "--help", cwd=tmp_path)
+    assert [h.returncode for h in helps] == [0, 0]
+    assert helps[0].stdout == helps[1].stdout and "--rows-per-file" in helps[0].stdout
+
+    out = tmp_path / "latents"
+    args = ("--model", str(tmp_path / "no-such-model"), "--input", "fashion-mnist", "--output", str(out))
+    bad = module(*args), _vaezoo("encode", *args, cwd=tmp_path)
+    assert [b.returncode for b in bad] == [1, 1]
+    assert _one_error_line(bad[0].stderr, "encode") == _one_error_line(bad[1].stderr, "encode")
+    assert "no such model folder" in bad[0].stderr
+    assert not out.exists()
+
+    missing = module("--input", "fashion-mnist")  # argparse's usage error: exit code 2
+    assert missing.returncode == 2 and "required: --model, --output" in missing.stderr
+
+
 def test_train_variant_flag_takes_the_variants_own_objective(tmp_path):
     """`vaezoo train --variant iwae` trains the IWAE bound, also over a config file written for
     the vae; `--set objective.*` still applies on top."""

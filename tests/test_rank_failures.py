@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-import ray
 from core.config import RunConfig
 from pipelines.ray_train import run_ray
 from test_ray_train import make_idx_data, tiny_config
+from ray_cluster import local_ray_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +31,9 @@ DEADLINE_S = 240  # generous for a loaded 2-core machine; a hang waits 30 min (g
 
 @pytest.fixture(scope="module")
 def local_ray():
-    temp = tempfile.mkdtemp(prefix="vzf", dir="/tmp")  # short: Ray's socket paths have a length limit
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp, log_to_driver=False,
-             logging_config=ray.LoggingConfig(log_level="ERROR"))
-    try:
+    """One local cluster for the module; run_ray uses an initialised Ray as it is."""
+    with local_ray_cluster():
         yield
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

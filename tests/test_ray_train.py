@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import ray
 
 from core.config import RunConfig  # noqa: E402
 from core.data import to_float, write_idx  # noqa: E402
@@ -33,6 +29,7 @@ from core.serialization import read_checkpoint as load_checkpoint
 from core.training import epoch_permutation, train  # noqa: E402
 from core.variant import Batch  # noqa: E402
 from pipelines.ray_train import RAY_RUN, run_ray  # noqa: E402
+from ray_cluster import local_ray_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -66,22 +63,9 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local cluster for the module; run_ray uses an initialised Ray as it is. Its own temp
-    dir and no token auth keep it apart from other Ray clusters and ~/.ray on this host."""
-    temp = tempfile.mkdtemp(prefix="vzr", dir="/tmp")  # short: Ray's socket paths have a length limit
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp, log_to_driver=False,
-             logging_config=ray.LoggingConfig(log_level="ERROR"))
-    try:
+    """One local cluster for the module; run_ray uses an initialised Ray as it is."""
+    with local_ray_cluster():
         yield
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:
