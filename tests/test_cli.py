@@ -333,8 +333,8 @@ def test_console_script_runs_and_exits_with_the_right_codes(dataset, tmp_path):
 
 def test_python_m_pipelines_encode_is_vaezoo_encode(tmp_path):
     """`python -m pipelines.encode` (pipelines/encode/__main__.py) takes the same arguments and
-    exits with the same codes and messages as `vaezoo encode`; a bad model fails before Ray starts
-    and leaves no output folder."""
+    exits with the same codes and messages as `vaezoo encode`; a missing model folder is refused
+    with one line and leaves no output folder."""
     def module(*args: str) -> subprocess.CompletedProcess:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         env.pop("VAEZOO_DEBUG", None)
