@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the shared definitions live beside th
 import torch  # noqa: E402
 
 from reference_outputs import (  # noqa: E402
-    CASES, IN_PROCESS, RAY, REFERENCE_FILE, RAY_WORKERS, TORCH_THREADS, case_config, local_ray_cluster,
-    train_in_process, train_on_ray,
+    CASES, IN_PROCESS, RAY, REFERENCE_FILE, RAY_WORKERS, TORCH_THREADS, case_config, train_in_process, train_on_ray,
 )
+from ray_cluster import local_ray_cluster  # noqa: E402
 
 CODE_DIRS = ("core", "variants", "pipelines")
 

@@ -1,4 +1,4 @@
-"""The private local Ray cluster that the Ray test modules (and scripts/record_reference.py) start.
+"""The private local Ray cluster that the Ray test modules and scripts/record_reference.py start.
 
 One copy, so every Ray test runs on the same kind of cluster: 4 logical CPUs (on a 2-core machine
 2 workers plus Ray's own actors can otherwise wait for resources), its own short temp dir (Ray's

@@ -19,7 +19,6 @@ from typing import Any, Mapping
 import torch
 
 from core.config import RunConfig
-from ray_cluster import local_ray_cluster  # noqa: F401 (scripts/record_reference.py imports it from here)
 
 REFERENCE_FILE = Path(__file__).resolve().parent / "reference" / "zoo_v1_outputs.json"
 

@@ -309,13 +309,17 @@ def test_resume_accepts_the_run_s_own_flags(dataset, finished_run, tmp_path, cap
 
 # -- the installed console script ---------------------------------------------------------------------
 
+def _run(command: list[str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a vaezoo entry point as a user would, on one thread and without VAEZOO_DEBUG."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("VAEZOO_DEBUG", None)
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
 def _vaezoo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "vaezoo"
     assert script.is_file(), f"console script missing at {script}"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("VAEZOO_DEBUG", None)
-    return subprocess.run([str(script), *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=120)
+    return _run([str(script)], *args, cwd=cwd)
 
 
 def test_console_script_runs_and_exits_with_the_right_codes(dataset, tmp_path):
@@ -336,10 +340,7 @@ def test_python_m_pipelines_encode_is_vaezoo_encode(tmp_path):
     exits with the same codes and messages as `vaezoo encode`; a missing model folder is refused
     with one line and leaves no output folder."""
     def module(*args: str) -> subprocess.CompletedProcess:
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        env.pop("VAEZOO_DEBUG", None)
-        return subprocess.run([sys.executable, "-m", "pipelines.encode", *args], capture_output=True,
-                              text=True, env=env, cwd=tmp_path, timeout=120)
+        return _run([sys.executable, "-m", "pipelines.encode"], *args, cwd=tmp_path)
 
     helps = module("--help"), _vaezoo("encode", "--help", cwd=tmp_path)
     assert [h.returncode for h in helps] == [0, 0]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from core.config import RunConfig
-from reference_outputs import RAY, load_reference, local_ray_cluster, train_on_ray
+from ray_cluster import local_ray_cluster
+from reference_outputs import RAY, load_reference, train_on_ray
 
 pytestmark = pytest.mark.slow  # a Ray Train worker group per case (25-50 s each on a busy 2-core machine)
 
