@@ -21,20 +21,16 @@ from pipelines.cli import main
 from pipelines.complete import run_complete
 from pipelines.complete.completer import SCORE_COLUMNS, complete_pixels
 from pipelines.encode import EncodeError
+from ray_cluster import local_ray_cluster
 
 SIZE, ROWS, SAMPLES = 8, 37, 3
 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    yield
-    if started:
-        ray.shutdown()
+    # the Ray test files' one private cluster (4 logical CPUs: read tasks run beside the actor pool)
+    with local_ray_cluster():
+        yield
 
 
 def save_cvae(folder, options):

@@ -33,6 +33,7 @@ from core.serialization import build_variant, load_model, package_version, save_
 from core.training import train
 from pipelines import encode as enc
 from pipelines.encode import EncodeError
+from ray_cluster import local_ray_cluster
 
 FASHION = Path(SYSTEM_LOCATIONS["fashion-mnist"])
 REPO = Path(__file__).resolve().parents[1]
@@ -47,16 +48,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        # "local": never join a cluster some other job started on this host; 4 logical CPUs so
-        # read tasks run beside the actor pool on a 2-core machine.
-        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    yield
-    if started:
-        ray.shutdown()
+    # the Ray test files' one private cluster (4 logical CPUs: read tasks run beside the actor pool)
+    with local_ray_cluster():
+        yield
 
 
 @pytest.fixture(scope="module")
