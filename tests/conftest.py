@@ -26,6 +26,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from core.config import RunConfig
 from core.data import ImageDataset, PreparedData, prepare_split, write_idx
 from core.training import train
+from ray_cluster import local_ray_cluster
 
 # Hypothesis keeps its caches outside the repository.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "vae-zoo-tests-hypothesis")
@@ -125,6 +126,14 @@ def small_config(variant: str, *, options: dict[str, Any] | None = None, epochs:
 class TrainedRun:
     def __init__(self, variant, config: RunConfig, history: list[dict[str, Any]]):
         self.variant, self.config, self.history = variant, config, history
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One private local Ray cluster for a test module (tests/ray_cluster.py); the pipelines use an
+    initialised Ray as it is. Only the Ray test files ask for it, each in a pytest process of its own."""
+    with local_ray_cluster():
+        yield
 
 
 @pytest.fixture(scope="session")

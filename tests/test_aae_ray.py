@@ -11,7 +11,7 @@ import pytest
 from core.config import RunConfig
 from core.serialization import load_model
 from pipelines.ray_train import run_ray
-from test_ray_train import local_ray, make_idx_data, max_param_diff, read_jsonl, whole_batch_reference  # noqa: F401
+from test_ray_train import make_idx_data, max_param_diff, read_jsonl, whole_batch_reference
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def aae_config(data: Path) -> RunConfig:
     })
 
 
-def test_two_workers_match_one_process_on_the_whole_batch(local_ray, data, tmp_path):  # noqa: F811
+def test_two_workers_match_one_process_on_the_whole_batch(local_ray, data, tmp_path):
     config = aae_config(data)
     out = tmp_path / "run"
     run_ray(config, out, num_workers=2, final_nll_samples=2)

@@ -21,16 +21,8 @@ from pipelines.cli import main
 from pipelines.complete import run_complete
 from pipelines.complete.completer import SCORE_COLUMNS, complete_pixels
 from pipelines.encode import EncodeError
-from ray_cluster import local_ray_cluster
 
 SIZE, ROWS, SAMPLES = 8, 37, 3
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    # the Ray test files' one private cluster (4 logical CPUs: read tasks run beside the actor pool)
-    with local_ray_cluster():
-        yield
 
 
 def save_cvae(folder, options):
@@ -57,7 +49,7 @@ def source(tmp_path_factory):
 
 @pytest.mark.parametrize("task, options, workers", [("inpaint", {"condition": "mask", "mask": "pixels"}, 2),
                                                     ("superres", {"condition": "lowres", "lowres_factor": 2}, 1)])
-def test_every_input_row_once_as_scores_and_as_a_grid(ray_session, source, tmp_path, task, options, workers):
+def test_every_input_row_once_as_scores_and_as_a_grid(local_ray, source, tmp_path, task, options, workers):
     path, pixels = source
     model_dir = save_cvae(tmp_path / "model", options)
     out = tmp_path / "out"

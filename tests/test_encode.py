@@ -33,7 +33,6 @@ from core.serialization import build_variant, load_model, package_version, save_
 from core.training import train
 from pipelines import encode as enc
 from pipelines.encode import EncodeError
-from ray_cluster import local_ray_cluster
 
 FASHION = Path(SYSTEM_LOCATIONS["fashion-mnist"])
 REPO = Path(__file__).resolve().parents[1]
@@ -45,13 +44,6 @@ pytestmark = pytest.mark.slow
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_session():
-    # the Ray test files' one private cluster (4 logical CPUs: read tasks run beside the actor pool)
-    with local_ray_cluster():
-        yield
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
@@ -81,7 +73,7 @@ def fashion_test():
 
 
 @pytest.fixture(scope="module")
-def fashion_output(ray_session, model_dir, tmp_path_factory) -> tuple[Path, dict]:
+def fashion_output(local_ray, model_dir, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("latents") / "fashion-test"
     summary = enc.run_encode(str(model_dir), ["fashion-mnist"], out, split="test", batch_size=500, num_workers=2,
                              rows_per_file=4000)
@@ -194,7 +186,7 @@ def test_readable_by_pyarrow_pandas_polars_duckdb(fashion_output):
 
 # -- Parquet and image folders ---------------------------------------------------------------------
 
-def test_parquet_of_png_bytes(ray_session, model_dir, model, fashion_test, tmp_path):
+def test_parquet_of_png_bytes(local_ray, model_dir, model, fashion_test, tmp_path):
     """Two files in the Hugging Face image layouts (a {bytes, path} struct and plain bytes), several
     row groups each: ids count rows across the files in name order."""
     images, labels = fashion_test.images[:1500, 0].numpy(), fashion_test.labels[:1500].numpy()
@@ -221,7 +213,7 @@ def test_parquet_of_png_bytes(ray_session, model_dir, model, fashion_test, tmp_p
     assert meta["source"]["kind"] == "parquet" and meta["source"]["files"] == 2 and meta["split"] is None
 
 
-def test_parquet_uint8_arrays_without_labels_and_image_folder(ray_session, model_dir, model, fashion_test, tmp_path):
+def test_parquet_uint8_arrays_without_labels_and_image_folder(local_ray, model_dir, model, fashion_test, tmp_path):
     # Fixed-size uint8 arrays (28*28 flat), no label column: labels are null.
     images = fashion_test.images[:300, 0].numpy()
     flat = pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1), pa.uint8()), 28 * 28)
@@ -254,7 +246,7 @@ def test_parquet_uint8_arrays_without_labels_and_image_folder(ray_session, model
     assert enc.read_latents_metadata(out)["source"]["classes"] == ["bag", "coat"]
 
 
-def test_registered_model_by_alias_records_name_and_version(ray_session, model_dir, model, fashion_test, tmp_path,
+def test_registered_model_by_alias_records_name_and_version(local_ray, model_dir, model, fashion_test, tmp_path,
                                                             monkeypatch):
     """`--model models:/NAME@ALIAS`: the registry's copy is encoded with, and its version is recorded."""
     import mlflow
@@ -297,7 +289,7 @@ def test_existing_output_is_refused_without_overwrite(fashion_output, model_dir)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def test_overwrite_replaces_only_encode_output(ray_session, fashion_output, model_dir, fashion_test, tmp_path):
+def test_overwrite_replaces_only_encode_output(local_ray, fashion_output, model_dir, fashion_test, tmp_path):
     other = tmp_path / "not-latents"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
@@ -348,7 +340,7 @@ def _kill_session(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-output", "overwriting"])
-def test_killed_run_leaves_output_as_it_was(ray_session, fashion_output, model_dir, tmp_path, existing):
+def test_killed_run_leaves_output_as_it_was(local_ray, fashion_output, model_dir, tmp_path, existing):
     out = tmp_path / "latents"
     before = None
     if existing:
@@ -420,7 +412,7 @@ def _bad_images(fashion_test) -> dict[str, tuple[list[bytes], str]]:
 
 
 @pytest.mark.parametrize("case", ["undecodable", "wrong-size", "wrong-channels"])
-def test_bad_image_is_one_line_naming_the_row(ray_session, model_dir, fashion_test, tmp_path, capsys, case):
+def test_bad_image_is_one_line_naming_the_row(local_ray, model_dir, fashion_test, tmp_path, capsys, case):
     blobs, expected = _bad_images(fashion_test)[case]
     path = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"image": blobs}), path, row_group_size=16)
@@ -465,7 +457,7 @@ def test_bad_inputs_found_before_any_work(model_dir, fashion_test, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_use_gpu_without_gpus_is_refused(ray_session, model_dir, tmp_path):
+def test_use_gpu_without_gpus_is_refused(local_ray, model_dir, tmp_path):
     import ray
 
     if ray.cluster_resources().get("GPU", 0):
@@ -475,7 +467,7 @@ def test_use_gpu_without_gpus_is_refused(ray_session, model_dir, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_weights_that_do_not_fit_the_config_stop_the_job_in_one_line(ray_session, model_dir, tmp_path):
+def test_weights_that_do_not_fit_the_config_stop_the_job_in_one_line(local_ray, model_dir, tmp_path):
     """The driver reads only config.json (no torch); the actor builds the model and its error is
     bad input, with the model folder's own path, and nothing is written."""
     bad = tmp_path / "bad-model"
@@ -488,7 +480,7 @@ def test_weights_that_do_not_fit_the_config_stop_the_job_in_one_line(ray_session
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-model"]
 
 
-def test_variable_length_arrays_name_the_row(ray_session, model_dir, tmp_path):
+def test_variable_length_arrays_name_the_row(local_ray, model_dir, tmp_path):
     rows = [np.zeros(784, np.uint8)] * 20
     rows[13] = np.zeros(780, np.uint8)
     path = tmp_path / "ragged.parquet"

@@ -21,7 +21,7 @@ import torch
 
 from core.config import RunConfig
 from pipelines.ray_train import run_ray
-from test_ray_train import local_ray, make_idx_data, tiny_config  # noqa: F401 (local_ray: a fixture)
+from test_ray_train import make_idx_data, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def within_deadline(fn, *args, **kwargs):
 
 @pytest.mark.parametrize("fault", [{"rank": 1, "call": 3, "kind": "nan"}, {"rank": 0, "call": 2, "kind": "error"}],
                          ids=["nan-on-rank-1", "error-on-rank-0"])
-def test_one_rank_failing_stops_every_rank_naming_rank_step_and_batch(local_ray, data, tmp_path, fault):  # noqa: F811
+def test_one_rank_failing_stops_every_rank_naming_rank_step_and_batch(local_ray, data, tmp_path, fault):
     config = tiny_config(data, batch_size=32, epochs=2).with_overrides({"data.train_limit": 128})  # 4 steps an epoch
 
     def run():
@@ -63,7 +63,7 @@ def test_one_rank_failing_stops_every_rank_naming_rank_step_and_batch(local_ray,
     assert not (tmp_path / "run" / "model.safetensors").exists()  # no model saved from a failed run
 
 
-def test_gradient_averaging_keeps_no_gradient_as_no_gradient(local_ray, tmp_path):  # noqa: F811
+def test_gradient_averaging_keeps_no_gradient_as_no_gradient(local_ray, tmp_path):
     """Three parameters, two ranks with equal shares: one used everywhere, one only on rank 0,
     one nowhere. After averaging and an Adam step, each rank holds what one process holds after
     the same step on the mean of the two ranks' losses."""

@@ -29,7 +29,6 @@ from core.serialization import read_checkpoint as load_checkpoint
 from core.training import epoch_permutation, train  # noqa: E402
 from core.variant import Batch  # noqa: E402
 from pipelines.ray_train import RAY_RUN, run_ray  # noqa: E402
-from ray_cluster import local_ray_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -59,13 +58,6 @@ def tiny_config(data: Path, **train) -> RunConfig:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_idx_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local cluster for the module; run_ray uses an initialised Ray as it is."""
-    with local_ray_cluster():
-        yield
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 
 from core.config import RunConfig
-from ray_cluster import local_ray_cluster
 from reference_outputs import RAY, load_reference, train_on_ray
 
 pytestmark = pytest.mark.slow  # a Ray Train worker group per case (25-50 s each on a busy 2-core machine)
@@ -20,14 +19,8 @@ pytestmark = pytest.mark.slow  # a Ray Train worker group per case (25-50 s each
 ENTRIES = load_reference(RAY)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    with local_ray_cluster():
-        yield
-
-
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["case"] for e in ENTRIES])
-def test_ray_training_reproduces_the_reference(ray_cluster, entry, tmp_path):
+def test_ray_training_reproduces_the_reference(local_ray, entry, tmp_path):
     config = RunConfig.from_dict(entry["config"])  # the public config API, as an old run's config loads
     sha256, metrics = train_on_ray(config, tmp_path / "run")
     assert {name: metrics.get(name) for name in entry["metrics"]} == entry["metrics"]
